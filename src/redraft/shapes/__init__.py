@@ -1,0 +1,1 @@
+"""The shapes world and its built-in model."""

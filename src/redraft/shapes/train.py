@@ -1,0 +1,449 @@
+"""Train the built-in shapes model: a Stable Diffusion 1.x pipeline of the shapes world, from scratch, on a CPU.
+
+Three stages, each resumable from its own checkpoint (`DIR/work/`):
+1. `vae`: an AutoencoderKL (64 x 64 RGB <-> 4 x 16 x 16), L1 + MSE + a tiny KL term.
+2. `latents`: encode a fixed set of training scenes once (the VAE mean), and set the VAE's
+   `scaling_factor` to 1 / std of those latents, as SD 1.x's 0.18215 was chosen.
+3. `unet`: the UNet and a small CLIP text encoder, trained jointly on the epsilon objective with
+   Min-SNR-5 loss weights (Hang et al., ICCV 2023: ~3x faster convergence), 10% empty prompts for
+   classifier-free guidance, optional prompt words dropped at random, and an EMA of the weights.
+Then `export` writes the EMA weights as a diffusers `StableDiffusionPipeline` folder (safetensors).
+
+Scenes whose `split` is "test" are never used here: benchmarks and the demo draw from them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import world
+from .tokenizer import build_tokenizer
+
+EXTRA_WORDS = ["a", "on", "background"]
+
+
+@dataclass
+class Recipe:
+    """Every choice that shapes the built-in model; saved beside it as `recipe.json`."""
+
+    seed: int = 0
+    # VAE: 64x64 RGB -> 4 x 16 x 16.
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 3000
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # Latent data set.
+    scenes: int = 100_000
+    # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).
+    text_width: int = 128
+    text_layers: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    unet_layers_per_block: int = 1
+    unet_heads: int = 8
+    unet_steps: int = 3200
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    unet_warmup: int = 200
+    min_snr_gamma: float = 5.0
+    p_empty: float = 0.1
+    p_size: float = 0.7
+    p_background: float = 0.7
+    ema_decay: float = 0.999
+    checkpoint_minutes: float = 3.0
+    log_every: int = 50
+    eval_every: int = 600
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def words() -> list[str]:
+    return [*world.SHAPES, *world.COLORS, *world.SIZES, *world.BACKGROUNDS, *EXTRA_WORDS]
+
+
+def sd_scheduler_config() -> dict:
+    """SD 1.x's noise schedule (reference.md: scaled_linear 0.00085 to 0.012, 1000 steps)."""
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+
+
+def build_vae(r: Recipe):
+    from diffusers import AutoencoderKL
+
+    n = len(r.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=world.CANVAS,
+        block_out_channels=r.vae_channels, layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        mid_block_add_attention=False,
+    )
+
+
+def build_text_encoder(r: Recipe, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=r.text_width, intermediate_size=4 * r.text_width,
+        num_hidden_layers=r.text_layers, num_attention_heads=4, max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(r: Recipe):
+    from diffusers import UNet2DConditionModel
+
+    up = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
+    return UNet2DConditionModel(
+        sample_size=world.CANVAS // 4, in_channels=4, out_channels=4,
+        block_out_channels=r.unet_channels, down_block_types=r.unet_blocks,
+        up_block_types=tuple(up[b] for b in reversed(r.unet_blocks)),
+        layers_per_block=r.unet_layers_per_block, cross_attention_dim=r.text_width,
+        attention_head_dim=r.unet_heads, norm_num_groups=16,
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, modules: dict, optimizer, step: int, extra: dict) -> None:
+    """Modules, optimizer state and progress in one safetensors file, written atomically."""
+    tensors = {f"{name}.{k}": v.detach().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
+    state = optimizer.state_dict()
+    for idx, s in state["state"].items():
+        for k, v in s.items():
+            tensors[f"optimizer.{idx}.{k}"] = torch.as_tensor(v).clone()
+    meta = {"step": str(step), "extra": json.dumps(extra), "param_groups": json.dumps(state["param_groups"])}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, modules: dict, optimizer) -> tuple[int, dict]:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    for k, v in tensors.items():
+        if k.startswith("optimizer."):
+            _, idx, name = k.split(".", 2)
+            state["state"].setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict(state)
+    return int(meta["step"]), json.loads(meta["extra"])
+
+
+class Checkpointer:
+    """Saves every few minutes of wall time and at the end, so a stop costs minutes, not hours."""
+
+    def __init__(self, path: Path, minutes: float):
+        self.path, self.seconds, self.last = path, minutes * 60, time.time()
+
+    def maybe(self, force: bool, *args) -> None:
+        if force or time.time() - self.last > self.seconds:
+            save_checkpoint(self.path, *args)
+            self.last = time.time()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def render_batch(scenes: list) -> torch.Tensor:
+    """Scenes -> images in [-1, 1], shape (n, 3, 64, 64)."""
+    arr = np.stack([np.asarray(world.render(s), dtype=np.uint8) for s in scenes])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def training_scenes(r: Recipe) -> list:
+    return world.scenes(r.seed, r.scenes, split="train")
+
+
+# ----------------------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(out: Path, r: Recipe) -> None:
+    work = out / "work"
+    done = work / "vae.safetensors"
+    if done.exists():
+        return
+    torch.manual_seed(r.seed)
+    vae = build_vae(r)
+    opt = torch.optim.AdamW(vae.parameters(), lr=r.vae_lr, weight_decay=0.0)
+    ckpt = Checkpointer(work / "vae.ckpt", r.checkpoint_minutes)
+    step, log = 0, {"loss": [], "psnr": []}
+    if ckpt.path.exists():
+        step, log = load_checkpoint(ckpt.path, {"vae": vae}, opt)
+    schedule = lambda s: 0.5 * (1 + math.cos(math.pi * s / r.vae_steps))  # noqa: E731
+    rng = random.Random(f"vae-{r.seed}")
+    bar = tqdm(total=r.vae_steps, initial=step, desc="vae")
+    while step < r.vae_steps:
+        rng.seed(f"vae-{r.seed}-{step}")
+        x = render_batch([world.random_scene(rng) for _ in range(r.vae_batch)])
+        for g in opt.param_groups:
+            g["lr"] = r.vae_lr * schedule(step)
+        posterior = vae.encode(x).latent_dist
+        y = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(y, x)
+        loss = F.l1_loss(y, x) + mse + r.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % r.log_every == 0:
+            psnr = 10 * math.log10(4 / mse.item())
+            log["loss"].append([step, loss.item()])
+            log["psnr"].append([step, psnr])
+            bar.set_postfix(psnr=f"{psnr:.1f}")
+        ckpt.maybe(step == r.vae_steps, {"vae": vae}, opt, step, log)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(done))
+    (work / "vae_log.json").write_text(json.dumps(log))
+
+
+# ----------------------------------------------------------------------------- stage 2: latents
+
+
+@torch.no_grad()
+def encode_latents(out: Path, r: Recipe) -> None:
+    work = out / "work"
+    done = work / "latents.safetensors"
+    if done.exists():
+        return
+    vae = build_vae(r)
+    vae.load_state_dict(load_file(str(work / "vae.safetensors")))
+    vae.eval()
+    scenes = training_scenes(r)
+    chunks = []
+    for i in tqdm(range(0, len(scenes), 500), desc="latents"):
+        chunks.append(vae.encode(render_batch(scenes[i:i + 500])).latent_dist.mean)
+    latents = torch.cat(chunks)
+    scaling = 1.0 / latents.std().item()
+    save_file({"latents": latents.contiguous()}, str(done), metadata={"scaling_factor": str(scaling)})
+
+
+# ----------------------------------------------------------------------------- stage 3: UNet
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+class PromptIds:
+    """Token ids of prompts, cached: the shapes grammar has a few hundred distinct prompts."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        for p in prompts:
+            if p not in self.cache:
+                self.cache[p] = self.tokenizer(p, padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+def sample_prompt(scene, rng: random.Random, r: Recipe) -> str:
+    if rng.random() < r.p_empty:
+        return ""
+    return world.random_prompt(scene, rng, p_size=r.p_size, p_background=r.p_background)
+
+
+@torch.no_grad()
+def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, n: int = 48, steps: int = 20,
+                        guidance: float = 7.5, seed: int = 1) -> dict:
+    """Share of held-out full prompts whose every attribute reads back right (a quick in-training probe)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(**sd_scheduler_config())
+    sched.set_timesteps(steps)
+    scenes = world.scenes(seed, n, split="test")
+    prompts = [s.prompt() for s in scenes]
+    ids = PromptIds(tokenizer)
+    cond = text_encoder(ids(prompts))[0]
+    uncond = text_encoder(ids([""] * n))[0]
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 4, 16, 16, generator=g)
+    for t in sched.timesteps:
+        e_u, e_c = unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample.chunk(2)
+        z = sched.step(e_u + guidance * (e_c - e_u), t, z).prev_sample
+    images = ((vae.decode(z / scaling).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    per = {"all": 0.0}
+    for img, p in zip(images, prompts):
+        agree = world.agrees(world.read(img), p)
+        per["all"] += all(agree.values()) / n
+        for k, v in agree.items():
+            per[k] = per.get(k, 0.0) + v / n
+    return per
+
+
+def train_unet(out: Path, r: Recipe) -> None:
+    work = out / "work"
+    done = work / "unet_ema.safetensors"
+    if done.exists():
+        return
+    tokenizer = build_tokenizer(words(), work / "tokenizer")
+    data = load_file(str(work / "latents.safetensors"))["latents"]
+    from safetensors import safe_open
+
+    with safe_open(str(work / "latents.safetensors"), "pt") as f:
+        scaling = float(f.metadata()["scaling_factor"])
+    data = data * scaling
+    scenes = training_scenes(r)
+    torch.manual_seed(r.seed)
+    unet, text_encoder = build_unet(r), build_text_encoder(r, tokenizer)
+    ema_unet, ema_text = build_unet(r), build_text_encoder(r, tokenizer)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text_encoder.state_dict())
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=r.unet_lr, weight_decay=0.01)
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    ckpt = Checkpointer(work / "unet.ckpt", r.checkpoint_minutes)
+    step, log = 0, {"loss": [], "accuracy": [], "seconds": 0.0}
+    if ckpt.path.exists():
+        step, log = load_checkpoint(ckpt.path, modules, opt)
+    alphas = torch.tensor(DDPM_ALPHAS_CUMPROD())
+    snr = alphas / (1 - alphas)
+    loss_weight = torch.clamp(snr, max=r.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    ids = PromptIds(tokenizer)
+    bar = tqdm(total=r.unet_steps, initial=step, desc="unet")
+    started, running = time.time() - log["seconds"], None
+    while step < r.unet_steps:
+        g = torch.Generator().manual_seed(r.seed * 1_000_003 + step)
+        rng = random.Random(f"unet-{r.seed}-{step}")
+        idx = torch.randint(len(scenes), (r.unet_batch,), generator=g)
+        x0 = data[idx]
+        t = torch.randint(0, 1000, (r.unet_batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        context = text_encoder(ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()]))[0]
+        lr = r.unet_lr * min(1.0, (step + 1) / r.unet_warmup) * 0.5 * (1 + math.cos(math.pi * step / r.unet_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        pred = unet(zt, t, context).sample
+        loss = (loss_weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(r.ema_decay, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        step += 1
+        bar.update(1)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        log["seconds"] = time.time() - started
+        if step % r.log_every == 0:
+            log["loss"].append([step, running])
+            bar.set_postfix(loss=f"{running:.4f}")
+        if step % r.eval_every == 0 or step == r.unet_steps:
+            vae = build_vae(r)
+            vae.load_state_dict(load_file(str(work / "vae.safetensors")))
+            acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling)
+            log["accuracy"].append([step, acc])
+            tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
+        ckpt.maybe(step == r.unet_steps, modules, opt, step, log)
+    save_file({k: v.contiguous() for k, v in ema_unet.state_dict().items()}, str(done))
+    save_file({k: v.contiguous() for k, v in ema_text.state_dict().items()}, str(work / "text_ema.safetensors"))
+    (work / "unet_log.json").write_text(json.dumps(log))
+
+
+def DDPM_ALPHAS_CUMPROD() -> list[float]:
+    """alpha-bar_t of SD 1.x's scaled_linear schedule."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).tolist()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export(out: Path, r: Recipe) -> Path:
+    """Write the trained model as a diffusers StableDiffusionPipeline folder (safetensors) at `out/model`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from safetensors import safe_open
+
+    work = out / "work"
+    tokenizer = build_tokenizer(words(), work / "tokenizer")
+    vae, unet, text = build_vae(r), build_unet(r), build_text_encoder(r, tokenizer)
+    vae.load_state_dict(load_file(str(work / "vae.safetensors")))
+    with safe_open(str(work / "latents.safetensors"), "pt") as f:
+        vae.register_to_config(scaling_factor=float(f.metadata()["scaling_factor"]))
+    unet.load_state_dict(load_file(str(work / "unet_ema.safetensors")))
+    text.load_state_dict(load_file(str(work / "text_ema.safetensors")))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**sd_scheduler_config()),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    target = out / "model"
+    pipe.save_pretrained(target, safe_serialization=True)
+    (target / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
+    plot_training(out)
+    return target
+
+
+def plot_training(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    work = out / "work"
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    vae_log = json.loads((work / "vae_log.json").read_text())
+    unet_log = json.loads((work / "unet_log.json").read_text())
+    axes[0].plot(*zip(*vae_log["psnr"]))
+    axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
+    axes[1].plot(*zip(*unet_log["loss"]))
+    axes[1].set(title="UNet loss (Min-SNR weighted)", xlabel="step", yscale="log")
+    if unet_log["accuracy"]:
+        steps = [s for s, _ in unet_log["accuracy"]]
+        for key in ("all", "shape", "color", "size", "background"):
+            axes[2].plot(steps, [a.get(key, 0) for _, a in unet_log["accuracy"]], label=key)
+        axes[2].set(title="generation accuracy (held-out prompts)", xlabel="step", ylim=(0, 1.02))
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=90)
+    plt.close(fig)
+
+
+def train(out: str | Path, recipe: Recipe | None = None) -> Path:
+    """All stages; call again after a stop and it resumes where it was."""
+    out, r = Path(out), recipe or Recipe()
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    times_path = out / "work" / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for name, stage in (("vae", train_vae), ("latents", encode_latents), ("unet", train_unet)):
+        t0 = time.time()
+        stage(out, r)
+        times[name] = times.get(name, 0.0) + time.time() - t0
+        times_path.write_text(json.dumps(times))
+    return export(out, r)
+
+
+if __name__ == "__main__":
+    import sys
+
+    torch.set_num_threads(2)
+    print(train(sys.argv[1]))

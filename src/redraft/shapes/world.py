@@ -1,0 +1,330 @@
+"""The shapes world (spec: shared/specs/shapes-world.md).
+
+One filled shape on a plain background, 64 x 64 RGB, whose truth is fully known. This module
+draws scenes, samples them, writes and parses their prompts, makes edits with known outcomes,
+and reads the attributes back from pixels. Pure numpy + PIL.
+
+Coordinates: pixel (x, y) of the 64 x 64 canvas covers [x, x + 1) x [y, y + 1), so its centre is
+(x + 0.5, y + 0.5). A scene's integer centre (cx, cy) therefore names the pixel the shape is
+centred on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# --- The attributes (spec: "A scene") ---------------------------------------------------------
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 50, 47),
+    "green": (60, 170, 70),
+    "blue": (40, 90, 220),
+    "yellow": (240, 200, 40),
+    "purple": (140, 70, 190),
+    "pink": (240, 110, 170),
+}
+SIZES: dict[str, int] = {"small": 8, "large": 15}  # half-extent h in pixels
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+    "gray": (128, 128, 128),
+}
+CANVAS = 64
+SUPERSAMPLE = 4
+MARGIN = 2  # the shape keeps this many pixels from every edge
+TEST_FRACTION = 0.10  # share of all scenes held out as "test"
+
+
+def position_range(size: str) -> tuple[int, int]:
+    """Inclusive range [h + 2, 61 - h] of valid centre coordinates for a size (spec: position)."""
+    h = SIZES[size]
+    return h + MARGIN, CANVAS - 1 - MARGIN - h
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One scene: shape, its colour and size, the background colour, and the centre pixel."""
+
+    shape: str
+    color: str
+    size: str
+    background: str
+    cx: int
+    cy: int
+
+    def __post_init__(self):
+        for name, allowed in (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("background", BACKGROUNDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {list(allowed)}")
+        lo, hi = position_range(self.size)
+        if not (lo <= self.cx <= hi and lo <= self.cy <= hi):
+            raise ValueError(f"centre ({self.cx}, {self.cy}) outside [{lo}, {hi}] for size {self.size!r}")
+
+    def prompt(self, *, size: bool = True, background: bool = True) -> str:
+        """`a [SIZE] COLOR SHAPE [on a BACKGROUND background]`, leaving out the parts switched off."""
+        words = ["a", *([self.size] if size else []), self.color, self.shape]
+        if background:
+            words += ["on", "a", self.background, "background"]
+        return " ".join(words)
+
+    @property
+    def split(self) -> str:
+        """"test" for a fixed ~10% of all scenes, chosen by a hash of all six fields, else "train"."""
+        digest = hashlib.sha256(repr(dataclasses.astuple(self)).encode()).digest()
+        return "test" if int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION else "train"
+
+    def replace(self, **changes) -> Scene:
+        """`dataclasses.replace`, except that a change of size clamps the centre into the new valid range."""
+        if "size" in changes:
+            lo, hi = position_range(changes["size"])
+            for axis in ("cx", "cy"):
+                changes[axis] = min(max(changes.get(axis, getattr(self, axis)), lo), hi)
+        return dataclasses.replace(self, **changes)
+
+
+# --- Rendering (spec: "A scene", last two paragraphs) ----------------------------------------
+
+# Centres of the supersampled pixels, in supersampled pixel units.
+_SAMPLES = np.arange(CANVAS * SUPERSAMPLE) + 0.5
+
+
+def shape_mask(scene: Scene) -> np.ndarray:
+    """Boolean 256 x 256 mask of the shape at 4x, with hard edges.
+
+    At 4x the box is centred on (4cx + 2, 4cy + 2) with half-extent H = 4h. Convention: a
+    supersampled pixel belongs to the shape iff its centre lies inside the shape or on its border.
+    We test pixel centres with numpy instead of using PIL's ImageDraw, whose coverage rules differ
+    between ellipse, rectangle and polygon. Only the diamond has pixel centres exactly on its border
+    (|dx| + |dy| = H); the square covers exactly the 4x pixels [4cx + 2 - H, 4cx + 2 + H).
+    """
+    s, H = SUPERSAMPLE, SUPERSAMPLE * SIZES[scene.size]
+    dx = np.abs(_SAMPLES - (s * scene.cx + s / 2))[None, :]  # distance from the centre, per column
+    dy = (_SAMPLES - (s * scene.cy + s / 2))[:, None]  # signed offset from the centre, per row (down +)
+    if scene.shape == "circle":  # the disc inscribed in the box
+        return dx**2 + dy**2 <= H**2
+    if scene.shape == "square":  # the box itself
+        return (dx <= H) & (np.abs(dy) <= H)
+    if scene.shape == "triangle":  # apex at (0, -H), base from (-H, H) to (H, H): half-width (dy + H) / 2
+        return (dy <= H) & (2 * dx <= dy + H)
+    return dx + np.abs(dy) <= H  # diamond through the four edge midpoints
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as a 64 x 64 RGB image: hard-edged at 4x, then 4 x 4 block averages (Image.BOX).
+
+    Because the box is centred on a pixel centre (cx + 0.5) and has an even side 2h, its edges fall
+    on half pixels: a square covers pixels cx - h + 1 .. cx + h - 1 fully and the columns (rows)
+    cx - h and cx + h by half, so even the square has a one-pixel anti-aliased rim.
+    """
+    big = Image.fromarray(shape_mask(scene).astype(np.uint8))  # 0 = background, 1 = shape
+    big.putpalette([*BACKGROUNDS[scene.background], *COLORS[scene.color]])  # (a palette image: fast)
+    return big.convert("RGB").resize((CANVAS, CANVAS), Image.Resampling.BOX)
+
+
+# --- Sampling -------------------------------------------------------------------------------
+
+
+def random_scene(rng: random.Random, split: str | None = "train") -> Scene:
+    """A uniformly random scene of the given split ("train", "test", or None for either)."""
+    if split not in ("train", "test", None):
+        raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
+    while True:
+        size = rng.choice(list(SIZES))
+        lo, hi = position_range(size)
+        scene = Scene(
+            shape=rng.choice(SHAPES),
+            color=rng.choice(list(COLORS)),
+            size=size,
+            background=rng.choice(list(BACKGROUNDS)),
+            cx=rng.randint(lo, hi),
+            cy=rng.randint(lo, hi),
+        )
+        if split is None or scene.split == split:
+            return scene
+
+
+def scenes(seed: int, n: int, split: str | None = "train") -> list[Scene]:
+    """`n` random scenes of a split, the same for the same seed."""
+    rng = random.Random(seed)
+    return [random_scene(rng, split) for _ in range(n)]
+
+
+def random_prompt(scene: Scene, rng: random.Random, p_size: float = 0.75, p_background: float = 0.75) -> str:
+    """A prompt true of the scene, naming its size and its background each with the given probability."""
+    return scene.prompt(size=rng.random() < p_size, background=rng.random() < p_background)
+
+
+# --- Prompts (spec: "Its prompt") ------------------------------------------------------------
+
+
+def parse_prompt(prompt: str) -> dict[str, str | None]:
+    """Parse `a [SIZE] COLOR SHAPE [on a BACKGROUND background]` into its four attributes.
+
+    An omitted optional part gives None. Case and extra whitespace are tolerated; anything else
+    outside the grammar raises ValueError saying what is wrong.
+    """
+    words = prompt.lower().split()
+    out: dict[str, str | None] = {"size": None, "color": None, "shape": None, "background": None}
+
+    def take(expected, what: str) -> str:
+        if not words:
+            raise ValueError(f"{prompt!r}: ends where {what} was expected")
+        word = words.pop(0)
+        if word not in expected:
+            raise ValueError(f"{prompt!r}: expected {what}, got {word!r}")
+        return word
+
+    take(("a",), "'a'")
+    if words and words[0] in SIZES:
+        out["size"] = words.pop(0)
+    out["color"] = take(COLORS, f"a size or colour {list(SIZES) + list(COLORS)}" if out["size"] is None
+                        else f"a colour {list(COLORS)}")
+    out["shape"] = take(SHAPES, f"a shape {list(SHAPES)}")
+    if words:
+        take(("on",), "'on' or the end")
+        take(("a",), "'a'")
+        out["background"] = take(BACKGROUNDS, f"a background colour {list(BACKGROUNDS)}")
+        take(("background",), "'background'")
+    if words:
+        raise ValueError(f"{prompt!r}: unexpected words after the prompt: {words}")
+    return out
+
+
+# --- Edits (spec: "Edits and what they must give") -------------------------------------------
+
+EDIT_KINDS = ("color", "shape", "size", "background", "add-size", "add-background", "reweight")
+_VALUES = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An edit and its truth: `target` is what the edited image must show.
+
+    `word` is the word the target prompt brings in (the new value of a swap, the added size word,
+    the colour of the added background) or, for "reweight", the word whose weight changes; then
+    target == source and target_prompt == source_prompt.
+    """
+
+    kind: str
+    source_prompt: str
+    target_prompt: str
+    source: Scene
+    target: Scene
+    word: str | None = None
+
+
+def random_edit(scene: Scene, kind: str, rng: random.Random) -> Edit:
+    """A random edit of `kind` (one of EDIT_KINDS) starting from `scene`.
+
+    Swaps ("color", "shape", "size", "background") change one word of the full prompt to another
+    value of the same attribute. "add-size" / "add-background" go from a prompt without that part
+    to one naming a value different from the source's, so the edit must change the image.
+    "reweight" keeps the scene and names its colour word in a prompt without the size word.
+    The position is kept, clamped into range when the size changes.
+    """
+    if kind == "reweight":
+        prompt = scene.prompt(size=False)
+        return Edit(kind, prompt, prompt, scene, scene, word=scene.color)
+    if kind not in EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}; expected one of {EDIT_KINDS}")
+    attribute = kind.removeprefix("add-")
+    value = rng.choice([v for v in _VALUES[attribute] if v != getattr(scene, attribute)])
+    target = scene.replace(**{attribute: value})
+    omit = {"add-size": {"size": False}, "add-background": {"background": False}}.get(kind, {})
+    return Edit(kind, scene.prompt(**omit), target.prompt(), scene, target, word=value)
+
+
+# --- Reading pixels back (spec: last paragraph) -----------------------------------------------
+
+BACKGROUND_DISTANCE = 60  # shape pixels are farther than this (RGB Euclidean) from the background
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Attributes read from an image; shape, color and size are "none" if no shape pixel is found.
+
+    cx, cy estimate the centre in Scene's convention (the shape's centre pixel), as floats.
+    """
+
+    shape: str
+    color: str
+    size: str
+    background: str
+    cx: float
+    cy: float
+
+
+def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
+    """Name of the palette entry nearest (RGB Euclidean) to `rgb`."""
+    return min(palette, key=lambda name: float(np.sum((np.array(palette[name]) - rgb) ** 2)))
+
+
+def read(image) -> Reading:
+    """Read a scene's attributes from a PIL image or H x W x 3 uint8 array (resized to 64 x 64 with BOX).
+
+    As the spec says: background = median border colour; shape pixels = farther than 60 from it;
+    colour = palette entry nearest their median; size = class whose h is nearest the mean half-side
+    of their bounding box. Shape: fill ratio of the bounding box (square ~1, circle ~pi/4, triangle
+    and diamond ~1/2), and for the last two where the widest row is (triangle: bottom, diamond:
+    middle). Centre: the coverage-weighted centroid of the shape (a triangle's lies h/3 below its
+    box centre, so it is moved up by that); a bounding-box centre would be up to 1 px off for a
+    triangle, whose faint apex rows may fall below the threshold.
+    """
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    image = image.convert("RGB")
+    if image.size != (CANVAS, CANVAS):
+        image = image.resize((CANVAS, CANVAS), Image.Resampling.BOX)
+    pixels = np.asarray(image, dtype=np.float64)
+
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    bg = np.median(border, axis=0)
+    background = _nearest(BACKGROUNDS, bg)
+    inside = np.linalg.norm(pixels - bg, axis=2) > BACKGROUND_DISTANCE
+    if not inside.any():
+        return Reading("none", "none", "none", background, math.nan, math.nan)
+
+    fg = np.median(pixels[inside], axis=0)
+    color = _nearest(COLORS, fg)
+    ys, xs = np.nonzero(inside)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    half_side = (width + height) / 4
+    size = min(SIZES, key=lambda name: abs(SIZES[name] - half_side))
+
+    fill = inside.sum() / (width * height)
+    if fill > 0.92:  # measured on all renders: square >= 0.986, circle 0.709 .. 0.858
+        shape = "square"
+    elif fill > 0.67:  # triangle and diamond 0.501 .. 0.627
+        shape = "circle"
+    else:
+        rows = inside[y0 : y1 + 1].sum(axis=1)
+        widest = np.flatnonzero(rows == rows.max()).mean()  # mean index of the widest rows
+        shape = "triangle" if widest / max(height - 1, 1) > 0.75 else "diamond"
+
+    # Coverage of each pixel near the shape: its colour's position between background and shape colour.
+    window = (slice(max(y0 - 1, 0), min(y1 + 2, CANVAS)), slice(max(x0 - 1, 0), min(x1 + 2, CANVAS)))
+    axis = fg - bg
+    coverage = np.clip((pixels[window] - bg) @ axis / max(axis @ axis, 1e-9), 0, 1)
+    gy, gx = np.mgrid[window]
+    area = coverage.sum()
+    if area <= 0:  # only on odd images: fall back to the bounding-box centre
+        return Reading(shape, color, size, background, (x0 + x1) / 2, (y0 + y1) / 2)
+    cx = float((coverage * gx).sum() / area)
+    cy = float((coverage * gy).sum() / area)
+    if shape == "triangle":  # area 2h^2; centroid 2/3 of the way from apex to base
+        cy -= math.sqrt(area / 2) / 3
+    return Reading(shape, color, size, background, cx, cy)
+
+
+def agrees(reading: Reading, prompt: str) -> dict[str, bool]:
+    """For each attribute the prompt names, whether the reading has that value."""
+    return {name: getattr(reading, name) == value for name, value in parse_prompt(prompt).items() if value is not None}
