@@ -1,0 +1,46 @@
+"""Writing outputs without ever leaving a half-written file or silently replacing a user's file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Save a PIL image atomically (format from the suffix)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=_format(path))
+    return path
+
+
+def _format(path: Path) -> str:
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown image type {path.suffix!r}; use .png, .jpg or .webp.")
+    return fmt
+
+
+def refuse_overwrite(path: str | Path, force: bool) -> None:
+    """Outputs never silently replace an existing file."""
+    if Path(path).exists() and not force:
+        raise InputError(f"{path} exists; choose another output path or pass --force to replace it.")

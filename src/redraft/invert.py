@@ -1,0 +1,120 @@
+"""The three inversions of a latent, as functions of tensors.
+
+- `ddim_inversion`: the pivot trajectory z*_0 (= x_T) ... z*_N (= the image's latent), run backwards
+  with the source prompt only (guidance 1): Mokady et al. 2023, sec. 3.1.
+- `null_text_optimisation`: per-step unconditional ("null") embeddings that make guided sampling
+  follow the pivot: Mokady et al. 2023, sec. 3.2, Algorithm 1.
+- Negative-prompt inversion (Miyake et al. 2023) needs no function: its null embedding *is* the
+  source prompt's embedding, so guided sampling at any scale equals conditional sampling, which is
+  what the pivot was built with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import ddim
+from .ddim import Schedule
+from .sampling import CountedUNet
+
+
+@torch.no_grad()
+def ddim_inversion(model: CountedUNet, schedule: Schedule, latent: torch.Tensor, cond: torch.Tensor,
+                   progress: bool = True) -> torch.Tensor:
+    """DDIM inversion at guidance 1: returns the pivots [N + 1, B, C, H, W] in sampling order.
+
+    pivots[N] is the image's latent, pivots[0] = x_T. Step i runs z*_{i+1} -> z*_i (see `ddim`).
+    """
+    z = latent.float()
+    pivots = [z]
+    for i in tqdm(reversed(range(schedule.steps)), total=schedule.steps, desc="DDIM inversion",
+                  disable=not progress, leave=False):
+        output = model(z, schedule.timesteps[i], cond)
+        z = ddim.step(z, output, schedule.alphas[i + 1], schedule.alphas[i], schedule.prediction_type)
+        pivots.append(z)
+    return torch.stack(pivots[::-1])
+
+
+@dataclass
+class Adam:
+    """Adam (Kingma & Ba 2015) on a batch of embeddings, one independent optimiser per row.
+
+    Rows converge at different inner steps; a row that stopped must not move, and must not let the
+    others change its update: torch.optim.Adam over the whole tensor would do both.
+    """
+
+    m: torch.Tensor
+    v: torch.Tensor
+    k: torch.Tensor  # per-row step count
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @classmethod
+    def like(cls, x: torch.Tensor) -> "Adam":
+        return cls(torch.zeros_like(x), torch.zeros_like(x), torch.zeros(len(x), dtype=x.dtype, device=x.device))
+
+    def update(self, x: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, lr: float) -> None:
+        """x[rows] -= lr * m_hat / (sqrt(v_hat) + eps), in place, for the given rows only."""
+        b1, b2 = self.betas
+        self.k[rows] += 1
+        self.m[rows] = b1 * self.m[rows] + (1 - b1) * grad
+        self.v[rows] = b2 * self.v[rows] + (1 - b2) * grad * grad
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        m_hat = self.m[rows] / (1 - b1 ** self.k[rows]).view(shape)
+        v_hat = self.v[rows] / (1 - b2 ** self.k[rows]).view(shape)
+        x[rows] -= lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
+def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, cond: torch.Tensor,
+                           null_init: torch.Tensor, guidance_scale: float = 7.5, *, inner_steps: int = 10,
+                           lr: float = 1e-2, tolerance: tuple[float, float] = (1e-5, 2e-5),
+                           shared: bool = False, progress: bool = True) -> torch.Tensor:
+    """Null-text inversion (Mokady et al. 2023, Algorithm 1), batched over images.
+
+    For each step i, starting from the previous step's embedding (first: `null_init`, the empty
+    prompt's embedding in the paper, or the source prompt's in the negative-prompt-initialised
+    variant), minimise || step(z_i, f_u + w (f_c - f_u)) - z*_{i+1} ||^2 over the null embedding with
+    Adam at lr (1 - i / 100) for up to `inner_steps` updates, stopping once the loss is below
+    tolerance[0] + i * tolerance[1]. The conditional output f_c is computed once per step; the loss is
+    checked before each update, so a converged row costs no extra pass. Embedding and optimiser stay
+    in fp32 whatever the UNet's dtype. Returns [N, B, L, D], or [1, B, L, D] when `shared` (one
+    embedding carried through all steps: the paper's "global null-text" ablation).
+    """
+    batch = pivots.shape[1]
+    null = null_init.float().clone()
+    z = pivots[0].clone()
+    per_step = []
+    bar = tqdm(range(schedule.steps), desc="null-text inversion", disable=not progress, leave=False)
+    for i in bar:
+        t, a, a_next = schedule.timesteps[i], schedule.alphas[i], schedule.alphas[i + 1]
+        target = pivots[i + 1]
+        threshold = tolerance[0] + i * tolerance[1]
+        with torch.no_grad():
+            f_c = model(z, t, cond)
+        adam = Adam.like(null)
+        z_next = torch.empty_like(z)
+        active = torch.arange(batch, device=z.device)
+        for j in range(inner_steps + 1):
+            last = j == inner_steps
+            u = null[active].clone().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                f_u = model(z[active], t, u)
+                guided = f_u + guidance_scale * (f_c[active] - f_u)
+                stepped = ddim.step(z[active], guided, a, a_next, schedule.prediction_type)
+                loss = (stepped - target[active]).pow(2).flatten(1).mean(dim=1)
+            done = (loss < threshold) | last
+            z_next[active[done]] = stepped[done].detach()
+            if done.all():
+                break
+            grad = torch.autograd.grad(loss[~done].sum(), u)[0]
+            model.backward += len(active)
+            with torch.no_grad():
+                adam.update(null, grad[~done], active[~done], lr * (1 - i / 100))
+            active = active[~done]
+        per_step.append(null.clone())
+        z = z_next
+        bar.set_postfix(loss=f"{float(loss.detach().max()):.2e}")
+    return null[None].clone() if shared else torch.stack(per_step)

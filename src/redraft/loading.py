@@ -1,0 +1,94 @@
+"""Loading a Stable Diffusion pipeline (local folder, hub id, or the built-in shapes model), safetensors only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+BUILTIN = "builtin:shapes"
+
+
+def builtin_path() -> Path:
+    """The built-in shapes model, shipped as package data."""
+    return Path(str(resources.files("redraft") / "assets" / "shapes-model"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_folder(path: Path) -> None:
+    """A diffusers pipeline folder: model_index.json, and safetensors weights for every model in it."""
+    if not (path / "model_index.json").is_file():
+        raise InputError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json). Give a folder saved by "
+            f"`pipeline.save_pretrained(...)`, a hub id such as runwayml/stable-diffusion-v1-5, or convert "
+            f"a single-file checkpoint with diffusers' `StableDiffusionPipeline.from_single_file(...)`.")
+    for sub in ("unet", "vae", "text_encoder"):
+        folder = path / sub
+        if folder.is_dir() and not any(folder.glob("*.safetensors")):
+            found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+            raise InputError(
+                f"{folder} has no .safetensors weights (found: {found}). redraft never unpickles weight "
+                f"files (.bin, .ckpt, .pt can run code when loaded): convert them to safetensors first.")
+
+
+def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype):
+    """A StableDiffusionPipeline with DDIM configured from the model's own schedule and prediction type.
+
+    The VAE stays in fp32 (fp16 SD VAEs overflow); the UNet and text encoder use `dtype`.
+    No model weight needs a gradient: they are all frozen.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    source = builtin_path() if model is None else model
+    if Path(str(source)).suffix in (".ckpt", ".safetensors", ".bin", ".pt") and Path(str(source)).is_file():
+        raise InputError(
+            f"{source} is a single-file checkpoint; redraft loads diffusers pipeline folders. Convert it once with "
+            f"StableDiffusionPipeline.from_single_file(...).save_pretrained(folder).")
+    if Path(str(source)).exists():
+        check_folder(Path(str(source)))
+    elif "/" not in str(source) or str(source).startswith((".", "/", "~")):
+        raise InputError(f"{source}: no such folder, and not a hub id of the form owner/name.")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(source), dtype=dtype, use_safetensors=True,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    except OSError as e:
+        raise InputError(f"could not load {source}: {e}") from None
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    if pipe.vae.dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def fingerprint(pipe) -> str:
+    """A short hash identifying a model: its component configs and a few weight statistics.
+
+    Stable across dtypes (statistics are rounded), different for another checkpoint of the same architecture.
+    """
+    h = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        config = getattr(pipe, name).config
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+        config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("torch_dtype", "dtype")
+                  and (name != "scheduler" or k in keep)}
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.vae.decoder.conv_out.weight,
+              pipe.text_encoder.get_input_embeddings().weight]
+    for w in probes:
+        w = w.detach().double()
+        h.update(f"{w.sum().item():.3e} {w.abs().sum().item():.3e}".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,79 @@
+"""The one sampling loop: generation, reconstruction and editing all run `denoise`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import ddim
+from .ddim import Schedule
+
+
+class CountedUNet:
+    """Calls the UNet on fp32 latents in the UNet's own dtype, and counts what it costs.
+
+    A pass is one latent through the UNet: a batch of b latents costs b passes. `backward` counts
+    the latents whose pass was also back-propagated (null-text optimisation).
+    """
+
+    def __init__(self, unet):
+        self.unet, self.forward, self.backward = unet, 0, 0
+        self.dtype = next(unet.parameters()).dtype
+        self.controller = None  # an attention controller sees every call (see `redraft.attention`)
+
+    def __call__(self, z: torch.Tensor, t: int, context: torch.Tensor, *, step: int | None = None,
+                 cond_rows: slice | None = None) -> torch.Tensor:
+        self.forward += z.shape[0]
+        if self.controller is not None:
+            self.controller.begin_call(step=step, cond_rows=cond_rows, batch=z.shape[0])
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample
+        return out.float()
+
+    def reset(self) -> None:
+        self.forward = self.backward = 0
+
+
+def rows_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per batch row, whether two embeddings are identical (bool tensor of shape [B])."""
+    return (a == b).flatten(1).all(dim=1)
+
+
+def guided_output(model: CountedUNet, z: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor,
+                  guidance_scale: float, step: int | None = None) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): f_u + w (f_c - f_u), in one batched UNet call.
+
+    Where the unconditional embedding equals the conditional one (negative-prompt inversion) or
+    w = 1, the guided output is f_c itself: those rows skip their unconditional pass. The batch is
+    laid out [uncond rows that need a pass..., cond rows for every latent...].
+    """
+    need = ~rows_equal(uncond, cond) if guidance_scale != 1 else torch.zeros(len(z), dtype=torch.bool)
+    n = int(need.sum())
+    out = model(torch.cat([z[need], z]), t, torch.cat([uncond[need], cond]), step=step,
+                cond_rows=slice(n, n + len(z)))
+    f_u, f_c = out[:n], out[n:]
+    guided = f_c.clone()
+    guided[need] = f_u + guidance_scale * (f_c[need] - f_u)
+    return guided
+
+
+def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch.Tensor,
+            uncond: torch.Tensor, guidance_scale: float, *,
+            callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+            progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+    """Run the DDIM chain from z_0 = x_T (shape [B, C, H, W]) to the clean latent z_N.
+
+    `cond` is [B, L, D]; `uncond` is [B, L, D] for all steps or [N, B, L, D], one per step (null-text
+    inversion's per-step embeddings). `callback(i, z)` may return a replacement for z after step i
+    (LocalBlend, Direct Inversion's offsets).
+    """
+    z = z.float()
+    for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=not progress, leave=False)):
+        u = uncond[i] if uncond.dim() == 4 else uncond
+        output = guided_output(model, z, t, cond, u, guidance_scale, step=i)
+        z = ddim.step(z, output, schedule.alphas[i], schedule.alphas[i + 1], schedule.prediction_type)
+        if callback is not None:
+            replaced = callback(i, z)
+            z = z if replaced is None else replaced
+    return z

@@ -1,0 +1,103 @@
+"""Tiny random Stable Diffusion pipelines (SD 1.x architecture, as diffusers' own tests build them).
+
+They are built once per test session, saved with `save_pretrained` (safetensors), and loaded back
+through `redraft.load(folder)`: the same loading path a user of SD 1.5 takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def build_tiny_pipeline(prediction_type: str = "epsilon", seed: int = 0):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer")
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
+    )
+    # A random UNet is far rougher than a trained one (its output jumps with tiny changes of its input,
+    # which DDIM inversion's approximation cannot follow): a smaller output layer makes it smoother.
+    # And it barely listens to the text: stronger cross-attention outputs make guidance matter.
+    with torch.no_grad():
+        smooth = 0.1 if prediction_type == "epsilon" else 0.2
+        unet.conv_out.weight.mul_(smooth)
+        unet.conv_out.bias.mul_(smooth)
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_out[0].weight.mul_(4.0)
+        # Unit-variance latents, as SD's 0.18215 gives for its VAE (pixel noise keeps it generic).
+        x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        vae.register_to_config(scaling_factor=1.0 / vae.encode(x).latent_dist.mean.std().item())
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-sd") / "epsilon"
+    build_tiny_pipeline("epsilon").save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_v_folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-sd") / "v"
+    build_tiny_pipeline("v_prediction", seed=1).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def editor(tiny_folder):
+    import redraft
+
+    return redraft.load(str(tiny_folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def v_editor(tiny_v_folder):
+    import redraft
+
+    return redraft.load(str(tiny_v_folder), device="cpu")
+
+
+@pytest.fixture(params=["epsilon", "v_prediction"])
+def any_editor(request, editor, v_editor):
+    return editor if request.param == "epsilon" else v_editor
+
+
+@pytest.fixture
+def image():
+    """A 16 x 16 picture with structure (a gradient and a square), as a PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:16, 0:16]
+    a = np.stack([x * 15, y * 15, np.full_like(x, 90)], -1).astype(np.uint8)
+    a[4:10, 5:11] = (230, 40, 40)
+    return Image.fromarray(a)
