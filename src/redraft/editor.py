@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 from . import invert as inv
+from .attention import AttentionControl, controlled
+from .edit import Controls, LocalBlend, plan
 from .ddim import Schedule
 from .errors import InputError
 from .image import ImageLike, fit, load_image, to_pil, to_tensor
@@ -39,6 +42,8 @@ class Editor:
         self.model_id = model_id
         self.fingerprint = fingerprint(pipeline)
         self.unet = CountedUNet(pipeline.unet)
+        self.last_attention: AttentionControl | None = None  # maps of the last generate() or edit()
+        self.last_blend: LocalBlend | None = None
 
     # ------------------------------------------------------------------ building blocks
 
@@ -161,18 +166,107 @@ class Editor:
         return denoise(self.unet, schedule, x_T, cond, uncond, first.guidance_scale, progress=progress,
                        desc="reconstruction")
 
-    # ------------------------------------------------------------------ generation
+    # ------------------------------------------------------------------ generation and editing
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
-                 guidance_scale: float = 7.5, negative_prompt: str = "", progress: bool = True) -> list[Image.Image]:
-        """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`)."""
+                 guidance_scale: float = 7.5, negative_prompt: str = "", progress: bool = True,
+                 **controls) -> list[Image.Image]:
+        """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
+
+        Prompt 0 is the source, the others are Prompt-to-Prompt edits of it (`controls`: see
+        `redraft.edit.Controls`). Returns one image per prompt.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         schedule = self.schedule(steps)
         cond = self.embed(prompts)
         uncond = self.embed([negative_prompt] * len(prompts))
-        z = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
-        return self.decode(denoise(self.unet, schedule, z, cond, uncond, guidance_scale, progress=progress,
-                                   desc="generation"))
+        x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
+        z = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, Controls(**controls), None,
+                      progress, "generation")
+        return self.decode(z)
+
+    def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
+             progress: bool = True, **controls) -> list[Image.Image]:
+        """Edit an inverted image by editing its prompt: returns [source branch, edit 1, ...].
+
+        All branches start from the inversion's x_T and use its per-step unconditional embeddings
+        (null-text: the optimised ones; negative-prompt: the source prompt's). The source branch
+        reproduces `reconstruct(inversion)`. `direct=True` is Direct Inversion (Ju et al. 2024): the
+        source branch is put back on the saved pivot after every step (adding the offset
+        z*_{i+1} - step(z_i)), with no optimisation.
+        """
+        inversion.check_compatible(self.fingerprint, self.model_id)
+        targets = [target] if isinstance(target, str) else list(target)
+        if not targets:
+            raise InputError("give at least one target prompt to edit towards.")
+        for t in targets:
+            check_prompt(self.pipeline.tokenizer, t, what="target prompt", allow_empty=False)
+        prompts = [inversion.prompt, *targets]
+        schedule = self.schedule(inversion.steps)
+        b = len(prompts)
+        cond = torch.cat([inversion.prompt_embedding[None].to(self.device), self.embed(targets)])
+        uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
+        x_T = inversion.x_T[None].expand(b, -1, -1, -1).to(self.device)
+        pivots = inversion.pivots.to(self.device)
+
+        def on_pivot(i: int, z: torch.Tensor) -> torch.Tensor:
+            z = z.clone()
+            z[0] = pivots[i + 1]
+            return z
+
+        z = self._p2p(prompts, x_T, cond, uncond, inversion.guidance_scale, schedule, Controls(**controls),
+                      on_pivot if direct else None, progress, "editing")
+        return self.decode(z)
+
+    def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
+                       steps: int = 50, progress: bool = True) -> WordMaps:
+        """Per-word attention maps of an image under its prompt (averaged over steps, layers and heads).
+
+        A real image is inverted first (negative-prompt: no optimisation) and the maps are read while
+        it is regenerated; an `Inversion` is replayed as it is. `resolution`: a map size the UNet has
+        (e.g. 16 or 32 for SD 1.x at 512 px), or None for all of them averaged.
+        """
+        inversion = image if isinstance(image, Inversion) else \
+            self.invert(image, prompt, method="negative-prompt", steps=steps, progress=progress)
+        inversion.check_compatible(self.fingerprint, self.model_id)
+        control = AttentionControl(tuple(inversion.x_T.shape[-2:]))
+        with controlled(self.unet, control):
+            self.replay([inversion], progress=progress)
+        return self.word_maps(control, inversion.prompt, Image.fromarray(inversion.image), resolution)
+
+    def word_maps(self, control: AttentionControl, prompt: str, image: Image.Image, resolution: int | None = None,
+                  row: int = 0) -> WordMaps:
+        """Merge the stored token maps of prompt `row` into one map per word."""
+        from .words import word_tokens
+
+        maps = control.cross_maps(resolution)[row]  # [h, w, L]
+        pieces = word_tokens(self.pipeline.tokenizer, prompt)
+        per_word = torch.stack([maps[..., p].mean(-1) for p in pieces]).cpu().numpy()
+        return WordMaps(prompt.split(), per_word, image, resolution)
+
+    def _p2p(self, prompts, x_T, cond, uncond, guidance_scale, schedule, controls: Controls, first_callback,
+             progress: bool, desc: str) -> torch.Tensor:
+        """The sampling loop with attention control (stored maps in `self.last_attention`)."""
+        latent_hw = tuple(x_T.shape[-2:])
+        edit_plan = plan(self.pipeline.tokenizer, prompts, controls, schedule.steps, latent_hw) \
+            if len(prompts) > 1 else None
+        control = AttentionControl(latent_hw, plan=edit_plan)
+        blend = LocalBlend(self.pipeline.tokenizer, prompts, controls.blend, control, schedule.steps,
+                           controls.blend_threshold, controls.blend_start, controls.blend_resolution) \
+            if controls.blend else None
+
+        def callback(i: int, z: torch.Tensor):
+            for fn in (first_callback, blend):
+                if fn is not None:
+                    replaced = fn(i, z)
+                    z = z if replaced is None else replaced
+            return z
+
+        with controlled(self.unet, control):
+            z = denoise(self.unet, schedule, x_T, cond, uncond, guidance_scale, callback=callback,
+                        progress=progress, desc=desc)
+        self.last_attention, self.last_blend = control, blend
+        return z
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""
@@ -180,6 +274,21 @@ class Editor:
         f = self.pipeline.vae_scale_factor
         shape = (1, self.pipeline.unet.config.in_channels, h // f, w // f)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+
+
+@dataclass
+class WordMaps:
+    """Per-word cross-attention over an image: maps[k] is word k's map (its tokens averaged), [h, w]."""
+
+    words: list[str]
+    maps: np.ndarray
+    image: Image.Image
+    resolution: int | None
+
+    def draw(self, cell: int = 256) -> Image.Image:
+        from .draw import word_maps
+
+        return word_maps(self.image, self.words, self.maps, cell=cell)
 
 
 def per_step_nulls(inversion: Inversion) -> torch.Tensor:

@@ -31,7 +31,11 @@ def load_image(image: ImageLike) -> Image.Image:
     elif isinstance(image, Image.Image):
         pil = ImageOps.exif_transpose(image)
     elif isinstance(image, (np.ndarray, torch.Tensor)):
-        pil = _from_array(np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image))
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            if image.is_floating_point():
+                image = image.float()  # numpy has no bfloat16
+        pil = _from_array(np.asarray(image))
     else:
         raise InputError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an array.")
     return _to_rgb(pil)
@@ -54,13 +58,13 @@ def _from_array(a: np.ndarray) -> Image.Image:
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "P":
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA") or (im.mode == "RGB" and "transparency" in im.info):
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("RGB", "L") and "transparency" in im.info):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, im).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray((a / max(a.max(), 1) * 255).round().astype(np.uint8))
+        a = np.asarray(im, dtype=np.float64)  # 16-bit samples: 0..65535 -> 0..255, not stretched to the image's max
+        im = Image.fromarray((np.clip(a, 0, 65535) / 257).round().astype(np.uint8))
     return im.convert("RGB")
 
 

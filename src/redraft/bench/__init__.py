@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and saves it as JSON (and a chart)."""

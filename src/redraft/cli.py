@@ -1,0 +1,153 @@
+"""The `redraft` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import InputError
+
+METHOD = click.Choice(["ddim", "null-text", "negative-prompt"])
+
+
+def friendly(fn):
+    """Turn a user mistake into one line on stderr and exit status 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--model", default=None, help="diffusers folder or hub id (default: the built-in shapes model).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present).")
+@click.pass_context
+def main(ctx, model, device):
+    """redraft: describe, invert and edit images with Stable Diffusion."""
+    ctx.obj = {"model": model, "device": device}
+
+
+def editor_from(ctx):
+    from . import load
+
+    return load(ctx.obj["model"], device=ctx.obj["device"])
+
+
+@main.command()
+@click.argument("image")
+@click.option("--prompt", "-p", required=True, help="the text that describes the image.")
+@click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale.")
+@click.option("--null-init", type=click.Choice(["null", "source"]), default="null", show_default=True,
+              help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
+@click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
+@click.option("--keep-aspect", is_flag=True, help="keep the aspect ratio instead of a centre crop.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, output, force):
+    """Invert IMAGE: save the trajectory that regenerates it."""
+    from .files import refuse_overwrite
+    from .image import load_image
+
+    refuse_overwrite(output, force)
+    load_image(image)  # fail on a bad image before loading the model
+    editor = editor_from(ctx)
+    inv = editor.invert(image, prompt, method=method, steps=steps, guidance_scale=guidance,
+                        null_init=null_init, global_null=global_null, keep_aspect=keep_aspect)
+    inv.save(output)
+    c = inv.cost
+    click.echo(f"wrote {output} ({method}, {steps} steps: {c.seconds:.1f} s, {c.unet_forward} UNet passes"
+               + (f" + {c.unet_backward} backward" if c.unet_backward else "") + ")")
+
+
+@main.command()
+@click.argument("inversion", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the PNG to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def reconstruct(ctx, inversion, output, force):
+    """Regenerate the image of a saved INVERSION."""
+    from .files import refuse_overwrite, save_image
+    from .inversion import Inversion
+    from .metrics import psnr
+
+    refuse_overwrite(output, force)
+    inv = Inversion.load(inversion)
+    editor = editor_from(ctx)
+    image = editor.reconstruct(inv)
+    save_image(image, output)
+    click.echo(f"wrote {output} (PSNR {psnr(inv.image, image):.2f} dB against the inverted input)")
+
+
+@main.group()
+def bench():
+    """Benchmarks: print a table, save JSON and a chart."""
+
+
+@bench.command("inversion")
+@click.option("--images", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSONL of {\"image\": path, \"prompt\": text}; default: held-out shapes scenes.")
+@click.option("-n", "count", default=8, show_default=True, help="shapes scenes to use (without --images).")
+@click.option("--steps", default="10,20,50", show_default=True, help="comma-separated step counts.")
+@click.option("--methods", default=None, help="comma-separated labels (default: all).")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_inversion(ctx, images, count, steps, methods, out_dir):
+    """Reconstruction PSNR/SSIM, VAE ceiling, seconds, UNet passes, ratio to the UNet floor, memory."""
+    from .bench import inversion as b
+
+    labels = methods.split(",") if methods else list(b.METHODS)
+    unknown = [m for m in labels if m not in b.METHODS]
+    if unknown:
+        raise InputError(f"unknown method label(s) {unknown}; choose from {list(b.METHODS)}.")
+    cases = b.cases_from_file(Path(images)) if images else b.default_cases(count)
+    editor = editor_from(ctx)
+    click.echo(b.HEADER)
+    result = b.run(editor, cases, labels, [int(s) for s in steps.split(",")])
+    json_path, png_path = b.save(result, Path(out_dir))
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
+@main.group()
+def train():
+    """Training."""
+
+
+@train.command("shapes-model")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="work folder; run again to resume after a stop.")
+def train_shapes_model(out_dir):
+    """Train the built-in shapes model from scratch (resumable; about 1.5 h on 2 CPU cores)."""
+    from .shapes.train import train as run
+
+    click.echo(f"model written to {run(out_dir)}")
+
+
+@main.command()
+@click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=7, show_default=True, help="which held-out scene to use.")
+@click.pass_context
+@friendly
+def demo(ctx, out_dir, seed):
+    """The main job on the built-in model: a new scene, inverted, reconstructed and edited."""
+    from .demo import run
+
+    run(editor_from(ctx), Path(out_dir), seed=seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Prompt-to-Prompt editing controls (Hertz et al., ICLR 2023): from prompts and options to an `EditPlan`.
+
+Word swap, refinement and re-weighting all become one token mapper, per-token mixing weights and a
+re-weighting vector (see `attention.EditPlan`); `LocalBlend` keeps the latents outside the edited
+words' region equal to the source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import words as W
+from .attention import AttentionControl, EditPlan
+from .errors import InputError
+
+KINDS = ("replace", "refine", "reweight")
+
+
+@dataclass
+class Controls:
+    """What a user can set on an edit (defaults: the P2P paper's).
+
+    kind: "replace" (word swap), "refine" (words added or removed), "reweight", or None to choose
+    from the prompts. cross_replace_steps / self_replace_steps: a fraction of the steps, a (start,
+    end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
+    reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
+    attention marks the region that may change (LocalBlend), with its threshold and start (fraction of
+    the steps).
+    """
+
+    kind: str | None = None
+    cross_replace_steps: float | tuple | dict = 0.8
+    self_replace_steps: float | tuple = 0.4
+    reweight: dict[str, float] = field(default_factory=dict)
+    blend: Sequence[str] = ()
+    blend_threshold: float = 0.3
+    blend_start: float = 0.2
+    blend_resolution: int | None = None
+
+
+def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:
+    """The EditPlan that turns source prompt 0 into each of prompts 1..B-1."""
+    source, targets = prompts[0], list(prompts[1:])
+    L = tokenizer.model_max_length
+    kind = controls.kind
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown edit kind {kind!r}; choose one of {', '.join(KINDS)} (or leave it unset).")
+    mappers, alphas, equalizers, windows = [], [], [], []
+    for target in targets:
+        k = kind or W.edit_kind(tokenizer, source, target)
+        if k == "refine":
+            index, a = W.refinement_mapper(tokenizer, source, target, L)
+            mapper = F.one_hot(index, L).T.float()  # column t is one-hot at the source token aligned to t
+        elif k == "replace":
+            mapper, a = W.replacement_mapper(tokenizer, source, target, L), torch.ones(L)
+        else:  # reweight: the same words, so the identity
+            if len(W.word_tokens(tokenizer, source)) != len(W.word_tokens(tokenizer, target)):
+                raise InputError("a pure re-weighting needs the target prompt to have the source's words; "
+                                 "to change words too, leave kind unset (or use replace / refine).")
+            mapper, a = W.replacement_mapper(tokenizer, source, target, L), torch.ones(L)
+        mappers.append(mapper)
+        alphas.append(a)
+        equalizers.append(W.reweight_vector(tokenizer, target, dict(controls.reweight), L))
+        windows.append(W.step_windows(controls.cross_replace_steps, steps, tokenizer, target, L))
+    self_window = W.step_windows(controls.self_replace_steps, steps, max_len=1)[:, 0]
+    h, w = latent_hw
+    return EditPlan(torch.stack(mappers), torch.stack(alphas), torch.stack(equalizers), torch.stack(windows),
+                    self_window, self_max_pixels=(h * w) // 4)
+
+
+def default_resolution(control: AttentionControl) -> int:
+    """The map resolution P2P uses: 1/4 of the latent (16 for SD's 64), but at least 8 cells when the
+    model has it (the shapes model's 16 x 16 latents would otherwise give 4 x 4 maps)."""
+    available = control.resolutions()
+    wanted = max(control.latent_hw[0] // 4, min(8, max(available)))
+    return min(available, key=lambda r: (abs(r - wanted), -r))
+
+
+class LocalBlend:
+    """P2P's local blending (reference.md): outside the blend words' attention region, every edit's
+    latent is reset to the source's, from `start` of the steps on. The region of edit b is the union of
+    the source words' region in prompt 0 and the target words' region in prompt b, each from the
+    stored cross-attention (averaged over layers and heads), 3x3 max-pooled, resized to the latent,
+    normalised by its max and thresholded. Works for any number of target prompts."""
+
+    def __init__(self, tokenizer, prompts: Sequence[str], blend_words: Sequence[str], control: AttentionControl,
+                 steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None):
+        self.tokens = []
+        for p in prompts:
+            found = [t for word in blend_words if word_in(tokenizer, p, word) for t in W.find_word(tokenizer, p, word)]
+            self.tokens.append(found)
+        missing = [w for w in blend_words if not any(word_in(tokenizer, p, w) for p in prompts)]
+        if missing:
+            raise InputError(f"blend word(s) {missing} appear in none of the prompts {list(prompts)}.")
+        self.control, self.threshold, self.resolution = control, threshold, resolution
+        self.start = int(start * steps)
+        self.mask: torch.Tensor | None = None
+
+    def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor | None:
+        if i < self.start:
+            return None
+        resolution = self.resolution or default_resolution(self.control)
+        maps = self.control.cross_maps(resolution).to(z.device)  # [B, h, w, L]
+        region = torch.stack([maps[b, :, :, t].sum(-1) if t else torch.zeros_like(maps[b, :, :, 0])
+                              for b, t in enumerate(self.tokens)])[:, None]
+        region = F.max_pool2d(region, 3, stride=1, padding=1)
+        region = F.interpolate(region, size=z.shape[-2:], mode="bilinear", align_corners=False)
+        region = region / region.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        inside = region > self.threshold
+        self.mask = inside[:1] | inside
+        return z[:1] + self.mask * (z - z[:1])
+
+
+def word_in(tokenizer, prompt: str, word: str) -> bool:
+    try:
+        W.find_word(tokenizer, prompt, word)
+        return True
+    except InputError:
+        return False

@@ -1,0 +1,112 @@
+"""Prompt-to-Prompt editing on the tiny pipelines: identities, LocalBlend, source branch, maps, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from redraft import InputError
+from redraft.attention import ControlProcessor
+from redraft.edit import Controls
+
+PROMPT = "a photo of a cat"
+STEPS = 10
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+def test_identities_change_nothing(any_editor):
+    source = any_editor.generate(PROMPT, seed=1, steps=STEPS, progress=False)[0]
+    same_word = any_editor.generate([PROMPT, PROMPT], seed=1, steps=STEPS, kind="replace",
+                                    cross_replace_steps=1.0, self_replace_steps=1.0, progress=False)
+    by_one = any_editor.generate([PROMPT, PROMPT], seed=1, steps=STEPS, reweight={"cat": 1.0}, progress=False)
+    for image in (*same_word, *by_one):
+        assert np.abs(pixels(image) - pixels(source)).max() <= 1
+    # ...while a real re-weighting does change the image (a random tiny UNet listens little to its text:
+    # a factor of 20 changes its images by about 1.5 levels on average).
+    strong = any_editor.generate([PROMPT, PROMPT], seed=1, steps=STEPS, reweight={"cat": 20.0},
+                                 cross_replace_steps=1.0, progress=False)[1]
+    assert np.abs(pixels(strong) - pixels(source)).mean() > 0.75
+
+
+def test_local_blend_keeps_latents_outside_the_mask(editor):
+    schedule = editor.schedule(STEPS)
+    prompts = [PROMPT, "a photo of a dog", "a photo of a lion"]
+    x_T = editor.initial_noise(5).expand(3, -1, -1, -1)
+    cond, uncond = editor.embed(prompts), editor.embed([""] * 3)
+    z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=["cat", "dog", "lion"], blend_threshold=0.9), None,
+                    False, "test")
+    mask = editor.last_blend.mask  # [3, 1, h, w]; random maps are flat: a high threshold makes a region
+    assert mask.shape[0] == 3 and 0 < mask[1].float().mean() < 1  # a real region, for every target
+    outside = ~mask.expand_as(z)
+    assert torch.equal(z[1:][outside[1:]], z[:1].expand_as(z)[1:][outside[1:]])
+    assert not torch.equal(z[1], z[0])
+
+
+@pytest.mark.parametrize("method", ["ddim", "null-text", "negative-prompt"])
+def test_source_branch_of_edit_equals_reconstruction(editor, image, method):
+    inv = editor.invert(image, PROMPT, method=method, steps=STEPS, progress=False)
+    reconstruction = editor.reconstruct(inv, progress=False)
+    for targets in (["a photo of a dog"], ["a photo of a dog", "a photo of a big cat", "a photo of a lion"]):
+        out = editor.edit(inv, targets, progress=False)
+        assert len(out) == 1 + len(targets)
+        assert np.abs(pixels(out[0]) - pixels(reconstruction)).max() <= 1
+
+
+def test_negative_prompt_edit_passes(editor, image):
+    inv = editor.invert(image, PROMPT, method="negative-prompt", steps=STEPS, progress=False)
+    editor.unet.reset()
+    editor.edit(inv, ["a photo of a dog", "a photo of a big cat"], progress=False)
+    assert editor.unet.forward == STEPS * (1 + 2 * 2)  # source: one pass per step; each target: two
+
+
+def test_direct_inversion_keeps_the_source_on_its_pivot(editor, image):
+    inv = editor.invert(image, PROMPT, method="ddim", steps=STEPS, progress=False)
+    out = editor.edit(inv, "a photo of a dog", direct=True, progress=False)
+    on_pivot = editor.decode(inv.pivots[-1][None])[0]
+    assert np.array_equal(pixels(out[0]), pixels(on_pivot))
+    assert not np.array_equal(pixels(out[1]), pixels(on_pivot))
+
+
+def test_processors_are_restored(editor):
+    before = {k: type(v) for k, v in editor.pipeline.unet.attn_processors.items()}
+    editor.generate([PROMPT, "a photo of a dog"], seed=0, steps=2, progress=False)
+    after = {k: type(v) for k, v in editor.pipeline.unet.attn_processors.items()}
+    assert before == after and ControlProcessor not in after.values()
+
+
+def test_attention_maps_shapes_normalisation_and_word_merge(editor, image):
+    inv = editor.invert(image, "a photo of a lion", method="negative-prompt", steps=STEPS, progress=False)
+    maps = editor.attention_maps(inv, progress=False)
+    control = editor.last_attention if editor.last_attention is not None else None
+    assert maps.words == ["a", "photo", "of", "a", "lion"]
+    assert maps.maps.shape == (5, 8, 8)
+    from redraft.attention import AttentionControl, controlled
+
+    control = AttentionControl(tuple(inv.x_T.shape[-2:]))
+    with controlled(editor.unet, control):
+        editor.replay([inv], progress=False)
+    assert control.resolutions() == [4, 8]
+    tokens = control.cross_maps(8)[0]  # [8, 8, 77]
+    torch.testing.assert_close(tokens.sum(-1), torch.ones(8, 8))  # softmax over tokens, averaged
+    lion = tokens[..., 5:8].mean(-1).numpy()  # 'l', 'i', 'on</w>' merged
+    np.testing.assert_allclose(editor.word_maps(control, inv.prompt, maps.image, 8).maps[4], lion, rtol=1e-6)
+    picture = maps.draw(cell=64)
+    assert picture.size[0] == 6 * 64
+
+
+def test_edit_errors(editor, image):
+    inv = editor.invert(image, PROMPT, method="negative-prompt", steps=STEPS, progress=False)
+    with pytest.raises(InputError, match="words"):
+        editor.edit(inv, "a photo of a big cat", kind="replace", progress=False)
+    with pytest.raises(InputError, match="not a word of the prompt"):
+        editor.edit(inv, PROMPT, reweight={"zebra": 2.0}, progress=False)
+    with pytest.raises(InputError, match="cat"):
+        editor.edit(inv, PROMPT, reweight={"cat": "lots"}, progress=False)
+    with pytest.raises(InputError, match="none of the prompts"):
+        editor.edit(inv, "a photo of a dog", blend=["zebra"], progress=False)
+    with pytest.raises(InputError, match="edit kind"):
+        editor.edit(inv, "a photo of a dog", kind="morph", progress=False)
