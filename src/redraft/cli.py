@@ -122,6 +122,26 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
     click.echo(f"wrote {json_path} and {png_path}")
 
 
+@bench.command("shapes")
+@click.option("--generation", "n_generation", default=200, show_default=True, help="prompts to generate.")
+@click.option("--edits", "n_edit", default=24, show_default=True, help="scenes to invert and edit, per method.")
+@click.option("--methods", default="negative-prompt,null-text", show_default=True)
+@click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
+@click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, out_dir):
+    """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
+    from .bench import shapes as b
+
+    editor = editor_from(ctx)
+    result = b.run(editor, n_generation, n_edit, methods.split(","), self_replace_steps=self_steps,
+                   cross_replace_steps=cross_steps)
+    click.echo(b.table(result))
+    click.echo(f"wrote {b.save(result, Path(out_dir))}")
+
+
 @main.group()
 def train():
     """Training."""

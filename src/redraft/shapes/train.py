@@ -44,8 +44,10 @@ class Recipe:
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
+    vae_mean_steps: int = 1500  # then decode the posterior mean, as inversion does: sharper shapes
+    vae_mean_lr: float = 1e-3
     # Latent data set.
-    scenes: int = 100_000
+    scenes: int = 60_000
     # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).
     text_width: int = 128
     text_layers: int = 4
@@ -53,7 +55,7 @@ class Recipe:
     unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_layers_per_block: int = 1
     unet_heads: int = 8
-    unet_steps: int = 3200
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
@@ -64,7 +66,7 @@ class Recipe:
     ema_decay: float = 0.999
     checkpoint_minutes: float = 3.0
     log_every: int = 50
-    eval_every: int = 600
+    eval_every: int = 500
 
 
 # ----------------------------------------------------------------------------- components
@@ -192,16 +194,18 @@ def train_vae(out: Path, r: Recipe) -> None:
     step, log = 0, {"loss": [], "psnr": []}
     if ckpt.path.exists():
         step, log = load_checkpoint(ckpt.path, {"vae": vae}, opt)
-    schedule = lambda s: 0.5 * (1 + math.cos(math.pi * s / r.vae_steps))  # noqa: E731
+    total = r.vae_steps + r.vae_mean_steps
     rng = random.Random(f"vae-{r.seed}")
-    bar = tqdm(total=r.vae_steps, initial=step, desc="vae")
-    while step < r.vae_steps:
+    bar = tqdm(total=total, initial=step, desc="vae")
+    while step < total:
         rng.seed(f"vae-{r.seed}-{step}")
         x = render_batch([world.random_scene(rng) for _ in range(r.vae_batch)])
+        sampled = step < r.vae_steps  # phase 1: sampled latents (a KL-VAE); phase 2: the mean only
+        lr, s, n = (r.vae_lr, step, r.vae_steps) if sampled else (r.vae_mean_lr, step - r.vae_steps, r.vae_mean_steps)
         for g in opt.param_groups:
-            g["lr"] = r.vae_lr * schedule(step)
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * s / n))
         posterior = vae.encode(x).latent_dist
-        y = vae.decode(posterior.sample()).sample
+        y = vae.decode(posterior.sample() if sampled else posterior.mean).sample
         mse = F.mse_loss(y, x)
         loss = F.l1_loss(y, x) + mse + r.vae_kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -215,7 +219,7 @@ def train_vae(out: Path, r: Recipe) -> None:
             log["loss"].append([step, loss.item()])
             log["psnr"].append([step, psnr])
             bar.set_postfix(psnr=f"{psnr:.1f}")
-        ckpt.maybe(step == r.vae_steps, {"vae": vae}, opt, step, log)
+        ckpt.maybe(step == total, {"vae": vae}, opt, step, log)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(done))
     (work / "vae_log.json").write_text(json.dumps(log))
 
@@ -389,8 +393,13 @@ def export(out: Path, r: Recipe) -> Path:
     vae.load_state_dict(load_file(str(work / "vae.safetensors")))
     with safe_open(str(work / "latents.safetensors"), "pt") as f:
         vae.register_to_config(scaling_factor=float(f.metadata()["scaling_factor"]))
-    unet.load_state_dict(load_file(str(work / "unet_ema.safetensors")))
-    text.load_state_dict(load_file(str(work / "text_ema.safetensors")))
+    if (work / "unet_ema.safetensors").exists():
+        unet.load_state_dict(load_file(str(work / "unet_ema.safetensors")))
+        text.load_state_dict(load_file(str(work / "text_ema.safetensors")))
+    else:  # training not finished: export the EMA weights of the last checkpoint
+        tensors = load_file(str(work / "unet.ckpt"))
+        unet.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_unet.")})
+        text.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_text.")})
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler(**sd_scheduler_config()),
@@ -412,7 +421,13 @@ def plot_training(out: Path) -> None:
     work = out / "work"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     vae_log = json.loads((work / "vae_log.json").read_text())
-    unet_log = json.loads((work / "unet_log.json").read_text())
+    if (work / "unet_log.json").exists():
+        unet_log = json.loads((work / "unet_log.json").read_text())
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(work / "unet.ckpt"), "pt") as f:
+            unet_log = json.loads(f.metadata()["extra"])
     axes[0].plot(*zip(*vae_log["psnr"]))
     axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
     axes[1].plot(*zip(*unet_log["loss"]))

@@ -105,14 +105,18 @@ def shape_mask(scene: Scene) -> np.ndarray:
     between ellipse, rectangle and polygon. Only the diamond has pixel centres exactly on its border
     (|dx| + |dy| = H); the square covers exactly the 4x pixels [4cx + 2 - H, 4cx + 2 + H).
     """
-    s, H = SUPERSAMPLE, SUPERSAMPLE * SIZES[scene.size]
-    dx = np.abs(_SAMPLES - (s * scene.cx + s / 2))[None, :]  # distance from the centre, per column
-    dy = (_SAMPLES - (s * scene.cy + s / 2))[:, None]  # signed offset from the centre, per row (down +)
-    if scene.shape == "circle":  # the disc inscribed in the box
+    return _mask(scene.shape, SIZES[scene.size], scene.cx, scene.cy)
+
+
+def _mask(shape: str, h: int, cx: float, cy: float) -> np.ndarray:
+    s, H = SUPERSAMPLE, SUPERSAMPLE * h
+    dx = np.abs(_SAMPLES - (s * cx + s / 2))[None, :]  # distance from the centre, per column
+    dy = (_SAMPLES - (s * cy + s / 2))[:, None]  # signed offset from the centre, per row (down +)
+    if shape == "circle":  # the disc inscribed in the box
         return dx**2 + dy**2 <= H**2
-    if scene.shape == "square":  # the box itself
+    if shape == "square":  # the box itself
         return (dx <= H) & (np.abs(dy) <= H)
-    if scene.shape == "triangle":  # apex at (0, -H), base from (-H, H) to (H, H): half-width (dy + H) / 2
+    if shape == "triangle":  # apex at (0, -H), base from (-H, H) to (H, H): half-width (dy + H) / 2
         return (dy <= H) & (2 * dx <= dy + H)
     return dx + np.abs(dy) <= H  # diamond through the four edge midpoints
 
@@ -271,12 +275,10 @@ def read(image) -> Reading:
     """Read a scene's attributes from a PIL image or H x W x 3 uint8 array (resized to 64 x 64 with BOX).
 
     As the spec says: background = median border colour; shape pixels = farther than 60 from it;
-    colour = palette entry nearest their median; size = class whose h is nearest the mean half-side
-    of their bounding box. Shape: fill ratio of the bounding box (square ~1, circle ~pi/4, triangle
-    and diamond ~1/2), and for the last two where the widest row is (triangle: bottom, diamond:
-    middle). Centre: the coverage-weighted centroid of the shape (a triangle's lies h/3 below its
-    box centre, so it is moved up by that); a bounding-box centre would be up to 1 px off for a
-    triangle, whose faint apex rows may fall below the threshold.
+    colour = palette entry nearest their median. Shape and size: the template (shape x size) that
+    best matches the pixels' coverage at their centroid, which weighs how much of its box the shape
+    fills and where its rows are widest together (see below). Centre: the coverage-weighted centroid
+    (a triangle's lies h/3 below its box centre, so it is moved up by that).
     """
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
@@ -294,35 +296,43 @@ def read(image) -> Reading:
 
     fg = np.median(pixels[inside], axis=0)
     color = _nearest(COLORS, fg)
-    ys, xs = np.nonzero(inside)
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    width, height = x1 - x0 + 1, y1 - y0 + 1
-    half_side = (width + height) / 4
-    size = min(SIZES, key=lambda name: abs(SIZES[name] - half_side))
 
-    fill = inside.sum() / (width * height)
-    if fill > 0.92:  # measured on all renders: square >= 0.986, circle 0.709 .. 0.858
-        shape = "square"
-    elif fill > 0.67:  # triangle and diamond 0.501 .. 0.627
-        shape = "circle"
-    else:
-        rows = inside[y0 : y1 + 1].sum(axis=1)
-        widest = np.flatnonzero(rows == rows.max()).mean()  # mean index of the widest rows
-        shape = "triangle" if widest / max(height - 1, 1) > 0.75 else "diamond"
-
-    # Coverage of each pixel near the shape: its colour's position between background and shape colour.
-    window = (slice(max(y0 - 1, 0), min(y1 + 2, CANVAS)), slice(max(x0 - 1, 0), min(x1 + 2, CANVAS)))
+    # Coverage of every pixel: its colour's position between the background and the shape's colour.
     axis = fg - bg
-    coverage = np.clip((pixels[window] - bg) @ axis / max(axis @ axis, 1e-9), 0, 1)
-    gy, gx = np.mgrid[window]
+    coverage = np.clip((pixels - bg) @ axis / max(axis @ axis, 1e-9), 0, 1)
+    coverage[~_near(inside) | (coverage < 0.25)] = 0  # ignore faint texture (decoders leave some)
     area = coverage.sum()
-    if area <= 0:  # only on odd images: fall back to the bounding-box centre
-        return Reading(shape, color, size, background, (x0 + x1) / 2, (y0 + y1) / 2)
-    cx = float((coverage * gx).sum() / area)
-    cy = float((coverage * gy).sum() / area)
-    if shape == "triangle":  # area 2h^2; centroid 2/3 of the way from apex to base
-        cy -= math.sqrt(area / 2) / 3
-    return Reading(shape, color, size, background, cx, cy)
+    gy, gx = np.mgrid[0:CANVAS, 0:CANVAS]
+    cx, cy = float((coverage * gx).sum() / area), float((coverage * gy).sum() / area)
+
+    # Shape and size: the spec's cues (how much of its box the shape fills, where its rows are widest)
+    # judged all at once, by the template of each shape and size at the measured centre that best
+    # matches the coverage. Robust to the softened corners of decoded images, where a hard threshold
+    # on the fill ratio takes a square with rounded corners for a circle.
+    best = None
+    for shape in SHAPES:
+        for size, h in SIZES.items():
+            oy = h / 3 if shape == "triangle" else 0.0  # a triangle's centroid lies h/3 below its box centre
+            template = _coverage(shape, h, round(cx), round(cy - oy))
+            err = float(((coverage - template) ** 2).sum())
+            if best is None or err < best[0]:
+                best = (err, shape, size, oy)
+    _, shape, size, oy = best
+    return Reading(shape, color, size, background, cx, cy - oy)
+
+
+def _near(inside: np.ndarray) -> np.ndarray:
+    """The shape pixels' bounding box grown by 2 px."""
+    ys, xs = np.nonzero(inside)
+    near = np.zeros_like(inside)
+    near[max(ys.min() - 2, 0): ys.max() + 3, max(xs.min() - 2, 0): xs.max() + 3] = True
+    return near
+
+
+def _coverage(shape: str, h: int, cx: int, cy: int) -> np.ndarray:
+    """Share of each 64 x 64 pixel covered by a shape (the renderer's 4 x 4 block average)."""
+    m = _mask(shape, h, cx, cy).astype(np.float64)
+    return m.reshape(CANVAS, SUPERSAMPLE, CANVAS, SUPERSAMPLE).mean(axis=(1, 3))
 
 
 def agrees(reading: Reading, prompt: str) -> dict[str, bool]:

@@ -1,0 +1,122 @@
+"""`redraft bench shapes`: the model measured against the shapes world, on scenes training never saw.
+
+- generation: share of prompts (all grammar forms) whose every named attribute reads back right;
+- VAE ceiling: PSNR of encode then decode;
+- inversion: PSNR of the reconstruction, per method;
+- editing: per edit kind of the spec, share of edits whose target attribute is right while the other
+  attributes and the position (within 3 px) are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..files import atomic_path
+from ..metrics import psnr
+from ..sampling import denoise
+from ..shapes import world
+
+SEED = 3  # held-out scenes: split "test", never used in training
+
+
+@torch.no_grad()
+def generation(editor, n: int, steps: int = 50, guidance_scale: float = 7.5, batch: int = 32) -> dict:
+    rng = random.Random(SEED)
+    scenes = world.scenes(SEED, n, split="test")
+    prompts = [world.random_prompt(s, rng) for s in scenes]
+    schedule = editor.schedule(steps)
+    per: dict[str, list[bool]] = {}
+    for start in tqdm(range(0, n, batch), desc="generation"):
+        chunk = prompts[start:start + batch]
+        x_T = torch.cat([editor.initial_noise(1000 + start + k) for k in range(len(chunk))])
+        z = denoise(editor.unet, schedule, x_T, editor.embed(chunk), editor.embed([""] * len(chunk)),
+                    guidance_scale, progress=False)
+        for image, prompt in zip(editor.decode(z), chunk):
+            agree = world.agrees(world.read(np.asarray(image)), prompt)
+            per.setdefault("all", []).append(all(agree.values()))
+            for k, v in agree.items():
+                per.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def vae_ceiling(editor, n: int = 64) -> float:
+    images = [world.render(s) for s in world.scenes(SEED, n, split="test")]
+    return float(np.mean([psnr(a, b) for a, b in zip(images, editor.decode(editor.encode(images)))]))
+
+
+def kept(image, truth: world.Scene) -> bool:
+    r = world.read(np.asarray(image))
+    same = all(getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background"))
+    return same and abs(r.cx - truth.cx) <= 3 and abs(r.cy - truth.cy) <= 3
+
+
+def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, **controls) -> dict:
+    """Invert n held-out scenes with each method; reconstruct; make one edit of every kind of each."""
+    scenes = world.scenes(SEED + 1, n, split="test")
+    out: dict = {}
+    for method in methods:
+        rows: dict[str, list] = {"psnr": [], "seconds": []}
+        for k, scene in enumerate(tqdm(scenes, desc=f"{method}: invert + edit")):
+            rng = random.Random(k)
+            edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
+            by_source: dict[str, list] = {}
+            for kind, e in edits.items():
+                by_source.setdefault(e.source_prompt, []).append((kind, e))
+            started = time.perf_counter()
+            for source_prompt, group in by_source.items():
+                inv = editor.invert(world.render(scene), source_prompt, method=method, steps=steps, progress=False)
+                if source_prompt == scene.prompt():
+                    rows["psnr"].append(psnr(world.render(scene), editor.reconstruct(inv, progress=False)))
+                swaps = [(kind, e) for kind, e in group if kind != "reweight"]
+                if swaps:
+                    images = editor.edit(inv, [e.target_prompt for _, e in swaps], progress=False, **controls)
+                    for (kind, e), image in zip(swaps, images[1:]):
+                        rows.setdefault(kind, []).append(kept(image, e.target))
+                for kind, e in group:
+                    if kind == "reweight":
+                        factor = rng.choice([0.5, 2.0])
+                        image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, progress=False,
+                                            **controls)[1]
+                        rows.setdefault(kind, []).append(kept(image, e.target))
+            rows["seconds"].append(time.perf_counter() - started)
+        out[method] = {k: float(np.mean(v)) for k, v in rows.items()}
+    return out
+
+
+def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "null-text"),
+        **controls) -> dict:
+    return {
+        "model": editor.model_id,
+        "generation": generation(editor, n_generation),
+        "vae_psnr": vae_ceiling(editor),
+        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), **controls),
+        "controls": controls,
+    }
+
+
+def table(result: dict) -> str:
+    g = result["generation"]
+    lines = [f"generation (all attributes right): {g['all']:.1%}  "
+             + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all"),
+             f"VAE ceiling: {result['vae_psnr']:.2f} dB"]
+    kinds = [k for k in world.EDIT_KINDS]
+    lines.append(f"{'method':<16} {'PSNR':>6} {'s/scene':>8} " + " ".join(f"{k:>14}" for k in kinds))
+    for method, r in result["inversion_and_editing"].items():
+        lines.append(f"{method:<16} {r['psnr']:>6.2f} {r['seconds']:>8.1f} "
+                     + " ".join(f"{r.get(k, float('nan')):>14.1%}" for k in kinds))
+    return "\n".join(lines)
+
+
+def save(result: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "shapes.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    return path
