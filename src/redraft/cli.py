@@ -125,7 +125,8 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @bench.command("shapes")
 @click.option("--generation", "n_generation", default=200, show_default=True, help="prompts to generate.")
 @click.option("--edits", "n_edit", default=24, show_default=True, help="scenes to invert and edit, per method.")
-@click.option("--methods", default="negative-prompt,null-text", show_default=True)
+@click.option("--methods", default="negative-prompt,direct,null-text", show_default=True,
+              help="inversion methods to edit from; direct = Direct Inversion over DDIM.")
 @click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
 @click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))

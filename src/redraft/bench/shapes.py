@@ -58,39 +58,47 @@ def kept(image, truth: world.Scene) -> bool:
 
 
 def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, **controls) -> dict:
-    """Invert n held-out scenes with each method; reconstruct; make one edit of every kind of each."""
+    """Invert n held-out scenes with each method and make one edit of every kind of each.
+
+    Methods: "ddim", "null-text", "negative-prompt", or "direct" (Direct Inversion: a DDIM inversion
+    whose source branch is kept on its pivot while editing). The reconstruction is the edit's source
+    branch, which equals `reconstruct(inversion)`.
+    """
     scenes = world.scenes(SEED + 1, n, split="test")
     out: dict = {}
     for method in methods:
+        direct = method == "direct"
         rows: dict[str, list] = {"psnr": [], "seconds": []}
         for k, scene in enumerate(tqdm(scenes, desc=f"{method}: invert + edit")):
             rng = random.Random(k)
-            edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
             by_source: dict[str, list] = {}
-            for kind, e in edits.items():
+            for kind in world.EDIT_KINDS:
+                e = world.random_edit(scene, kind, rng)
                 by_source.setdefault(e.source_prompt, []).append((kind, e))
             started = time.perf_counter()
             for source_prompt, group in by_source.items():
-                inv = editor.invert(world.render(scene), source_prompt, method=method, steps=steps, progress=False)
-                if source_prompt == scene.prompt():
-                    rows["psnr"].append(psnr(world.render(scene), editor.reconstruct(inv, progress=False)))
+                inv = editor.invert(world.render(scene), source_prompt, method="ddim" if direct else method,
+                                    steps=steps, progress=False)
                 swaps = [(kind, e) for kind, e in group if kind != "reweight"]
                 if swaps:
-                    images = editor.edit(inv, [e.target_prompt for _, e in swaps], progress=False, **controls)
+                    images = editor.edit(inv, [e.target_prompt for _, e in swaps], direct=direct, progress=False,
+                                         **controls)
                     for (kind, e), image in zip(swaps, images[1:]):
                         rows.setdefault(kind, []).append(kept(image, e.target))
+                    if source_prompt == scene.prompt():
+                        rows["psnr"].append(psnr(world.render(scene), images[0]))
                 for kind, e in group:
                     if kind == "reweight":
                         factor = rng.choice([0.5, 2.0])
-                        image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, progress=False,
-                                            **controls)[1]
+                        image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, direct=direct,
+                                            progress=False, **controls)[1]
                         rows.setdefault(kind, []).append(kept(image, e.target))
             rows["seconds"].append(time.perf_counter() - started)
         out[method] = {k: float(np.mean(v)) for k, v in rows.items()}
     return out
 
 
-def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "null-text"),
+def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "direct", "null-text"),
         **controls) -> dict:
     return {
         "model": editor.model_id,

@@ -55,7 +55,7 @@ class Recipe:
     unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_layers_per_block: int = 1
     unet_heads: int = 8
-    unet_steps: int = 3000
+    unet_steps: int = 1800
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
