@@ -60,3 +60,38 @@ def test_reconstruct_refuses_a_file_that_is_not_an_inversion(run, tmp_path):
     f.write_bytes(b"not safetensors")
     r = run("reconstruct", str(f), "-o", str(tmp_path / "y.png"))
     assert r.exit_code == 2 and "not a saved inversion" in r.output
+
+
+def test_edit_generate_and_attention_write_pictures(run, image, tmp_path):
+    from PIL import Image
+
+    image.save(tmp_path / "in.png")
+    out = tmp_path / "edit.png"
+    r = run("edit", str(tmp_path / "in.png"), "--prompt", "a photo of a cat", "--target", "a photo of a dog",
+            "--target", "a photo of a big cat", "--reweight", "cat=2", "--steps", "4", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    grid = Image.open(tmp_path / "edit.grid.png")
+    assert Image.open(out).size == (16, 16)
+    assert grid.width > 3 * 200  # input, reconstruction and two edits side by side
+    r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a lion", "--steps", "4",
+            "-o", str(tmp_path / "gen.png"))
+    assert r.exit_code == 0, r.output
+    r = run("attention", str(tmp_path / "in.png"), "--prompt", "a photo of a cat", "--steps", "4",
+            "-o", str(tmp_path / "maps.png"))
+    assert r.exit_code == 0 and "5 words" in r.output, r.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reweight", "cat=lots"], "not a number"),
+    (["--reweight", "zebra=2"], "not a word of the prompt"),
+    (["--kind", "replace", "--target", "a photo of a big red cat"], "words"),
+])
+def test_edit_errors_write_nothing(run, image, tmp_path, extra, message):
+    image.save(tmp_path / "in.png")
+    out = tmp_path / "edit.png"
+    args = ["edit", str(tmp_path / "in.png"), "--prompt", "a photo of a cat", "--steps", "3", "-o", str(out)]
+    if "--target" not in extra:
+        args += ["--target", "a photo of a cat"]
+    r = run(*args, *extra)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not out.exists()

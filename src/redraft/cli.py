@@ -92,6 +92,133 @@ def reconstruct(ctx, inversion, output, force):
     click.echo(f"wrote {output} (PSNR {psnr(inv.image, image):.2f} dB against the inverted input)")
 
 
+def edit_options(fn):
+    """Prompt-to-Prompt controls shared by `edit` and `generate`."""
+    options = [
+        click.option("--target", "-t", "targets", multiple=True, required=True, help="target prompt (repeatable)."),
+        click.option("--kind", type=click.Choice(["replace", "refine", "reweight"]), default=None,
+                     help="edit kind (default: chosen from the prompts)."),
+        click.option("--blend", multiple=True, help="LocalBlend word (repeatable): only its region changes."),
+        click.option("--reweight", multiple=True, metavar="WORD=FACTOR", help="re-weight a word (repeatable)."),
+        click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps (fraction)."),
+        click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps (fraction)."),
+        click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+                     help="PNG of the (first) edit; a grid is written beside it (NAME.grid.png)."),
+        click.option("--force", is_flag=True, help="replace outputs that exist."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def controls_from(kind, blend, reweight, cross_steps, self_steps) -> dict:
+    weights = {}
+    for item in reweight:
+        word, sep, factor = item.partition("=")
+        if not sep or not word:
+            raise InputError(f"--reweight takes WORD=FACTOR (e.g. --reweight red=0.5); got {item!r}.")
+        try:
+            weights[word] = float(factor)
+        except ValueError:
+            raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
+    return dict(kind=kind, blend=list(blend), reweight=weights, cross_replace_steps=cross_steps,
+                self_replace_steps=self_steps)
+
+
+def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
+    from .draw import grid
+    from .files import refuse_overwrite, save_image
+
+    out = Path(output)
+    grid_path = out.with_name(out.stem + ".grid.png")
+    refuse_overwrite(grid_path, force)
+    save_image(images[-len(prompts) + 1], out)
+    captions = first_caption + [f"edit: {p}" for p in prompts[1:]]
+    save_image(grid(images, captions), grid_path)
+    click.echo(f"wrote {out} and {grid_path}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--prompt", "-p", default=None, help="source prompt (needed for an image; an inversion has its own).")
+@click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
+@edit_options
+@click.pass_context
+@friendly
+def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, reweight, cross_steps, self_steps,
+         output, force):
+    """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
+    from .files import refuse_overwrite
+    from .image import load_image
+    from .inversion import Inversion
+
+    refuse_overwrite(output, force)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
+    is_inversion = source.endswith(".safetensors")
+    if not is_inversion:
+        load_image(source)
+        if not prompt:
+            raise InputError("editing an image needs its source prompt: give --prompt \"...\".")
+    editor = editor_from(ctx)
+    inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
+    images = editor.edit(inv, list(targets), direct=direct, **controls)
+    from PIL import Image
+
+    prompts = [inv.prompt, *targets]
+    write_edit_outputs([Image.fromarray(inv.image), *images], prompts,
+                       [f"input: {inv.prompt}", f"reconstruction ({inv.method})"], output, force)
+
+
+@main.command()
+@click.option("--prompt", "-p", required=True, help="source prompt.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@edit_options
+@click.pass_context
+@friendly
+def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight, cross_steps, self_steps, output,
+             force):
+    """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
+    from .files import refuse_overwrite
+
+    refuse_overwrite(output, force)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
+    editor = editor_from(ctx)
+    images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
+    write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--prompt", "-p", default=None, help="the image's prompt (an inversion has its own).")
+@click.option("--resolution", default=None, type=int, help="map size (default: every size the UNet has, averaged).")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the PNG to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def attention(ctx, source, prompt, resolution, steps, output, force):
+    """Per-word cross-attention heat maps over an image (or a saved inversion)."""
+    from .files import refuse_overwrite, save_image
+    from .image import load_image
+    from .inversion import Inversion
+
+    refuse_overwrite(output, force)
+    is_inversion = source.endswith(".safetensors")
+    if not is_inversion:
+        load_image(source)
+        if not prompt:
+            raise InputError("attention maps of an image need its prompt: give --prompt \"...\".")
+    editor = editor_from(ctx)
+    maps = editor.attention_maps(Inversion.load(source) if is_inversion else source, prompt,
+                                 resolution=resolution, steps=steps)
+    save_image(maps.draw(), output)
+    click.echo(f"wrote {output} ({len(maps.words)} words, maps {maps.maps.shape[1]}x{maps.maps.shape[2]})")
+
+
 @main.group()
 def bench():
     """Benchmarks: print a table, save JSON and a chart."""

@@ -49,6 +49,9 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
     kind = controls.kind
     if kind is not None and kind not in KINDS:
         raise InputError(f"unknown edit kind {kind!r}; choose one of {', '.join(KINDS)} (or leave it unset).")
+    for word in controls.reweight:  # each re-weighted word must be in some target; it applies where it is
+        if not any(word_in(tokenizer, t, word) for t in targets):
+            W.find_word(tokenizer, targets[0], word)  # raises the error that names the prompt's words
     mappers, alphas, equalizers, windows = [], [], [], []
     for target in targets:
         k = kind or W.edit_kind(tokenizer, source, target)
@@ -64,7 +67,8 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
             mapper, a = W.replacement_mapper(tokenizer, source, target, L), torch.ones(L)
         mappers.append(mapper)
         alphas.append(a)
-        equalizers.append(W.reweight_vector(tokenizer, target, dict(controls.reweight), L))
+        weights = {w: f for w, f in controls.reweight.items() if word_in(tokenizer, target, w)}
+        equalizers.append(W.reweight_vector(tokenizer, target, weights, L))
         windows.append(W.step_windows(controls.cross_replace_steps, steps, tokenizer, target, L))
     self_window = W.step_windows(controls.self_replace_steps, steps, max_len=1)[:, 0]
     h, w = latent_hw
