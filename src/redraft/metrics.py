@@ -128,8 +128,8 @@ def ssim_map(a, b) -> np.ndarray:
     h, w, c = a.shape
     n = ssim_window(h, w)
     g = _gaussian(n, SSIM_SIGMA)
-    x = torch.from_numpy(a).permute(2, 0, 1).to(torch.float64).unsqueeze(1)  # [C, 1, H, W]
-    y = torch.from_numpy(b).permute(2, 0, 1).to(torch.float64).unsqueeze(1)
+    x = torch.from_numpy(np.array(a)).permute(2, 0, 1).to(torch.float64).unsqueeze(1)  # [C, 1, H, W]
+    y = torch.from_numpy(np.array(b)).permute(2, 0, 1).to(torch.float64).unsqueeze(1)
     stack = torch.cat([x, y, x * x, y * y, x * y])  # [5C, 1, H, W]
     # the 2-D Gaussian is separable: filter the columns, then the rows ("valid", no padding)
     filtered = F.conv2d(F.conv2d(stack, g.view(1, 1, n, 1)), g.view(1, 1, 1, n))
