@@ -54,7 +54,7 @@ def shapes_cases(n: int, seed: int = 2) -> list[tuple[np.ndarray, str]]:
     return [(np.asarray(world.render(s)), s.prompt()) for s in world.scenes(seed, n, split="test")]
 
 
-def unet_floor(editor, repeats: int = 3) -> tuple[float, float]:
+def unet_floor(editor, repeats: int = 10) -> tuple[float, float]:
     """Seconds of one bare UNet forward pass, and of one forward + backward, for one latent."""
     unet = editor.pipeline.unet
     size = editor.resolution // editor.pipeline.vae_scale_factor
@@ -63,7 +63,8 @@ def unet_floor(editor, repeats: int = 3) -> tuple[float, float]:
     t = editor.schedule(50).timesteps[25]
 
     def timed(fn) -> float:
-        fn()  # warm-up
+        for _ in range(3):  # warm-up
+            fn()
         sync(editor.device)
         start = time.perf_counter()
         for _ in range(repeats):
@@ -91,7 +92,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run(editor, cases: list[tuple[np.ndarray, str]], methods: list[str], step_counts: list[int],
         progress: bool = True) -> dict:
-    forward, both = unet_floor(editor)
+    forward, both = unet_floor(editor)  # measured again at the end: the floor is their mean
     images = [editor.prepare(im) for im, _ in cases]
     prompts = [p for _, p in cases]
     vae = editor.decode(editor.encode(images))
@@ -115,12 +116,15 @@ def run(editor, cases: list[tuple[np.ndarray, str]], methods: list[str], step_co
                 q_psnr.append(psnr(image, out))
                 q_ssim.append(ssim(image, out))
             n = len(images)
-            floor = (fwd - bwd) * forward + bwd * both
             rows.append(Row(label, steps, float(np.mean(q_psnr)), float(np.mean(q_ssim)), vae_psnr, vae_ssim,
-                            seconds / n, fwd / n, bwd / n, floor / n, seconds / floor,
-                            peak_memory_mb(editor.device)))
-            if progress:
-                print(format_row(rows[-1]), flush=True)
+                            seconds / n, fwd / n, bwd / n, 0.0, 0.0, peak_memory_mb(editor.device)))
+    forward_end, both_end = unet_floor(editor)
+    forward, both = (forward + forward_end) / 2, (both + both_end) / 2
+    for r in rows:
+        r.floor_seconds = (r.unet_forward - r.unet_backward) * forward + r.unet_backward * both
+        r.ratio_to_floor = r.seconds / r.floor_seconds
+        if progress:
+            print(format_row(r), flush=True)
     return {"model": editor.model_id, "device": str(editor.device), "images": len(images),
             "unet_forward_seconds": forward, "unet_forward_backward_seconds": both,
             "rows": [asdict(r) for r in rows]}
