@@ -111,6 +111,18 @@ def edit_options(fn):
     return fn
 
 
+def is_saved_inversion(source: str, prompt: str | None, what: str) -> bool:
+    """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt; checked before loading a model."""
+    from .image import load_image
+
+    if source.endswith(".safetensors"):
+        return True
+    load_image(source)
+    if not prompt:
+        raise InputError(f"{what} of an image needs its source prompt: give --prompt \"...\".")
+    return False
+
+
 def controls_from(kind, blend, reweight, cross_steps, self_steps) -> dict:
     weights = {}
     for item in reweight:
@@ -151,16 +163,11 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
          output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
-    from .image import load_image
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
-    is_inversion = source.endswith(".safetensors")
-    if not is_inversion:
-        load_image(source)
-        if not prompt:
-            raise InputError("editing an image needs its source prompt: give --prompt \"...\".")
+    is_inversion = is_saved_inversion(source, prompt, "editing")
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
     images = editor.edit(inv, list(targets), direct=direct, **controls)
@@ -203,15 +210,10 @@ def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight,
 def attention(ctx, source, prompt, resolution, steps, output, force):
     """Per-word cross-attention heat maps over an image (or a saved inversion)."""
     from .files import refuse_overwrite, save_image
-    from .image import load_image
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
-    is_inversion = source.endswith(".safetensors")
-    if not is_inversion:
-        load_image(source)
-        if not prompt:
-            raise InputError("attention maps of an image need its prompt: give --prompt \"...\".")
+    is_inversion = is_saved_inversion(source, prompt, "drawing attention maps")
     editor = editor_from(ctx)
     maps = editor.attention_maps(Inversion.load(source) if is_inversion else source, prompt,
                                  resolution=resolution, steps=steps)
