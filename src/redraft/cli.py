@@ -243,7 +243,7 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
     unknown = [m for m in labels if m not in b.METHODS]
     if unknown:
         raise InputError(f"unknown method label(s) {unknown}; choose from {list(b.METHODS)}.")
-    cases = b.cases_from_file(Path(images)) if images else b.default_cases(count)
+    cases = b.cases_from_file(Path(images)) if images else b.shapes_cases(count)
     editor = editor_from(ctx)
     click.echo(b.HEADER)
     result = b.run(editor, cases, labels, [int(s) for s in steps.split(",")])

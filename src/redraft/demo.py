@@ -30,8 +30,8 @@ def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
             | {"cx": round(float(r.cx), 1), "cy": round(float(r.cy), 1)}, "correct": ok, "all_correct": all(ok.values())}
 
 
-def edits_of(scene: world.Scene) -> list[tuple[str, str, world.Scene, dict]]:
-    """(label, target prompt, truth, controls) for the five edits, from a source prompt without the size word."""
+def edits_of(scene: world.Scene) -> list[tuple[str, str, world.Scene]]:
+    """(label, target prompt, truth) for the five edits, from a source prompt without the size word."""
     rng = random.Random(scene.cx * 64 + scene.cy)
     color = rng.choice([c for c in world.COLORS if c != scene.color])
     shape = rng.choice([s for s in world.SHAPES if s != scene.shape])
@@ -40,10 +40,10 @@ def edits_of(scene: world.Scene) -> list[tuple[str, str, world.Scene, dict]]:
     swapped = {"color": scene.replace(color=color), "shape": scene.replace(shape=shape),
                "background": scene.replace(background=background), "size": scene.replace(size=size)}
     return [
-        ("color swap", swapped["color"].prompt(size=False), swapped["color"], {}),
-        ("shape swap", swapped["shape"].prompt(size=False), swapped["shape"], {}),
-        ("background swap", swapped["background"].prompt(size=False), swapped["background"], {}),
-        ("added size word", swapped["size"].prompt(), swapped["size"], {}),
+        ("color swap", swapped["color"].prompt(size=False), swapped["color"]),
+        ("shape swap", swapped["shape"].prompt(size=False), swapped["shape"]),
+        ("background swap", swapped["background"].prompt(size=False), swapped["background"]),
+        ("added size word", swapped["size"].prompt(), swapped["size"]),
     ]
 
 
@@ -71,18 +71,18 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
           f"{summary['psnr_reconstruction']} dB (VAE ceiling {summary['psnr_vae_ceiling']} dB)")
 
     edits = edits_of(scene)
-    images = editor.edit(inversion, [t for _, t, _, _ in edits], blend=())
+    images = editor.edit(inversion, [t for _, t, _ in edits], blend=())
     results = list(zip(edits, images[1:]))
     # Re-weighting: the colour word weakened; the truth is the source scene (the colour must survive).
     weak = editor.edit(inversion, source_prompt, reweight={scene.color: 0.5})[1]
-    results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene, {}), weak))
+    results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene), weak))
     maps = editor.word_maps(editor.last_attention, source_prompt, image)
-    for (label, target, truth, _), im in results:
+    for (label, target, truth), im in results:
         summary["edits"].append({"edit": label} | check(im, truth, target))
         print(f"  {label:<16} {target:<45} {'right' if summary['edits'][-1]['all_correct'] else 'WRONG'}")
 
     cells = [image, reconstruction] + [im for _, im in results]
-    captions = [f"input: {source_prompt}", "reconstruction"] + [f"{lab}: {t}" for (lab, t, _, _), _ in results]
+    captions = [f"input: {source_prompt}", "reconstruction"] + [f"{lab}: {t}" for (lab, t, _), _ in results]
     grid_path = save_image(grid(cells, captions, cell=192), out_dir / "grid.png")
     maps_path = save_image(maps.draw(cell=192), out_dir / "attention.png")
     summary["seconds"] = round(time.perf_counter() - started, 1)

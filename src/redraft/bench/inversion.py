@@ -171,10 +171,6 @@ def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
     return json_path, png_path
 
 
-def default_cases(n: int) -> list[tuple[np.ndarray, str]]:
-    return shapes_cases(n)
-
-
 def cases_from_file(path: Path) -> list[tuple[np.ndarray, str]]:
     """A JSONL file of {"image": path, "prompt": text} rows (paths relative to the file)."""
     from ..image import load_image

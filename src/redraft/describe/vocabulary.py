@@ -146,20 +146,17 @@ _PENN_PREFIXES = ("JJ", "NN", "VB")
 
 def _word_reader(rule: str) -> tuple[str, Callable[[str], list[str]]]:
     """(rule actually used, function prompt -> the words to count), following `Vocabulary.build`."""
-    if rule in ("auto", "pos:spacy"):
-        reader = _spacy_reader()
-        if reader is not None:
-            return "pos:spacy", reader
-        if rule == "pos:spacy":
-            raise InputError("rule 'pos:spacy' needs spaCy and its model: "
-                             "pip install spacy && python -m spacy download en_core_web_sm")
-    if rule in ("auto", "pos:nltk"):
-        reader = _nltk_reader()
-        if reader is not None:
-            return "pos:nltk", reader
-        if rule == "pos:nltk":
-            raise InputError("rule 'pos:nltk' needs NLTK and its tagger data: pip install nltk && "
-                             "python -m nltk.downloader averaged_perceptron_tagger_eng")
+    taggers = (("pos:spacy", _spacy_reader, "spaCy and its model: "
+                "pip install spacy && python -m spacy download en_core_web_sm"),
+               ("pos:nltk", _nltk_reader, "NLTK and its tagger data: "
+                "pip install nltk && python -m nltk.downloader averaged_perceptron_tagger_eng"))
+    for name, load_reader, needs in taggers:
+        if rule in ("auto", name):
+            reader = load_reader()
+            if reader is not None:
+                return name, reader
+            if rule == name:
+                raise InputError(f"rule {name!r} needs {needs}")
     return "frequency", normalise
 
 

@@ -279,19 +279,18 @@ def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, n: i
     """Share of held-out full prompts whose every attribute reads back right (a quick in-training probe)."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(**sd_scheduler_config())
-    sched.set_timesteps(steps)
+    from ..ddim import Schedule
+    from ..image import to_uint8
+    from ..sampling import CountedUNet, denoise
+
+    schedule = Schedule.from_scheduler(DDIMScheduler(**sd_scheduler_config()), steps)
     scenes = world.scenes(seed, n, split="test")
     prompts = [s.prompt() for s in scenes]
     ids = PromptIds(tokenizer)
-    cond = text_encoder(ids(prompts))[0]
-    uncond = text_encoder(ids([""] * n))[0]
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 4, 16, 16, generator=g)
-    for t in sched.timesteps:
-        e_u, e_c = unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample.chunk(2)
-        z = sched.step(e_u + guidance * (e_c - e_u), t, z).prev_sample
-    images = ((vae.decode(z / scaling).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    x_T = torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+    z = denoise(CountedUNet(unet), schedule, x_T, text_encoder(ids(prompts))[0], text_encoder(ids([""] * n))[0],
+                guidance, progress=False)
+    images = to_uint8(vae.decode(z / scaling).sample)
     per = {"all": 0.0}
     for img, p in zip(images, prompts):
         agree = world.agrees(world.read(img), p)
@@ -326,7 +325,7 @@ def train_unet(out: Path, r: Recipe) -> None:
     step, log = 0, {"loss": [], "accuracy": [], "seconds": 0.0}
     if ckpt.path.exists():
         step, log = load_checkpoint(ckpt.path, modules, opt)
-    alphas = torch.tensor(DDPM_ALPHAS_CUMPROD())
+    alphas = torch.tensor(alphas_cumprod())
     snr = alphas / (1 - alphas)
     loss_weight = torch.clamp(snr, max=r.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
     ids = PromptIds(tokenizer)
@@ -373,7 +372,7 @@ def train_unet(out: Path, r: Recipe) -> None:
     (work / "unet_log.json").write_text(json.dumps(log))
 
 
-def DDPM_ALPHAS_CUMPROD() -> list[float]:
+def alphas_cumprod() -> list[float]:
     """alpha-bar_t of SD 1.x's scaled_linear schedule."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0).tolist()
