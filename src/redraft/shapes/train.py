@@ -4,9 +4,11 @@ Three stages, each resumable from its own checkpoint (`DIR/work/`):
 1. `vae`: an AutoencoderKL (64 x 64 RGB <-> 4 x 16 x 16), L1 + MSE + a tiny KL term.
 2. `latents`: encode a fixed set of training scenes once (the VAE mean), and set the VAE's
    `scaling_factor` to 1 / std of those latents, as SD 1.x's 0.18215 was chosen.
-3. `unet`: the UNet and a small CLIP text encoder, trained jointly on the epsilon objective with
-   Min-SNR-5 loss weights (Hang et al., ICCV 2023: ~3x faster convergence), 10% empty prompts for
-   classifier-free guidance, optional prompt words dropped at random, and an EMA of the weights.
+3. `unet`: the UNet and a small CLIP text encoder, trained jointly on the v objective (SD 2.x's
+   `v_prediction`, Salimans & Ho 2022) with offset noise (a per-channel constant added to the noise) so
+   that the noisiest steps must read the prompt, Min-SNR-style capping of the low-noise weights
+   (Hang et al., ICCV 2023), 10% empty prompts for classifier-free guidance, optional prompt words
+   dropped at random, and an EMA of the weights.
 Then `export` writes the EMA weights as a diffusers `StableDiffusionPipeline` folder (safetensors).
 
 Scenes whose `split` is "test" are never used here: benchmarks and the demo draw from them.
@@ -54,8 +56,10 @@ class Recipe:
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_layers_per_block: int = 1
-    unet_heads: int = 8
-    unet_steps: int = 1800
+    unet_heads: tuple[int, ...] = (1, 2, 4)  # diffusers' `attention_head_dim` is the head count: 32 wide each
+    prediction_type: str = "v_prediction"
+    offset_noise: float = 0.3  # std of a per-channel constant added to the noise (see `noise_like`)
+    unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
@@ -76,11 +80,12 @@ def words() -> list[str]:
     return [*world.SHAPES, *world.COLORS, *world.SIZES, *world.BACKGROUNDS, *EXTRA_WORDS]
 
 
-def sd_scheduler_config() -> dict:
-    """SD 1.x's noise schedule (reference.md: scaled_linear 0.00085 to 0.012, 1000 steps)."""
+def sd_scheduler_config(prediction_type: str = "epsilon") -> dict:
+    """SD 1.x's noise schedule (reference.md: scaled_linear 0.00085 to 0.012, 1000 steps); SD 2.x's
+    768-v models keep it and predict v."""
     return dict(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
 
 
@@ -117,7 +122,7 @@ def build_unet(r: Recipe):
         block_out_channels=r.unet_channels, down_block_types=r.unet_blocks,
         up_block_types=tuple(up[b] for b in reversed(r.unet_blocks)),
         layers_per_block=r.unet_layers_per_block, cross_attention_dim=r.text_width,
-        attention_head_dim=r.unet_heads, norm_num_groups=16,
+        attention_head_dim=tuple(r.unet_heads), norm_num_groups=16,
     )
 
 
@@ -274,8 +279,8 @@ def sample_prompt(scene, rng: random.Random, r: Recipe) -> str:
 
 
 @torch.no_grad()
-def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, n: int = 48, steps: int = 20,
-                        guidance: float = 7.5, seed: int = 1) -> dict:
+def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, prediction_type: str, n: int = 48,
+                        steps: int = 20, guidance: float = 7.5, seed: int = 1) -> dict:
     """Share of held-out full prompts whose every attribute reads back right (a quick in-training probe)."""
     from diffusers import DDIMScheduler
 
@@ -283,7 +288,7 @@ def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, n: i
     from ..image import to_uint8
     from ..sampling import CountedUNet, denoise
 
-    schedule = Schedule.from_scheduler(DDIMScheduler(**sd_scheduler_config()), steps)
+    schedule = Schedule.from_scheduler(DDIMScheduler(**sd_scheduler_config(prediction_type)), steps)
     scenes = world.scenes(seed, n, split="test")
     prompts = [s.prompt() for s in scenes]
     ids = PromptIds(tokenizer)
@@ -298,6 +303,30 @@ def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, n: i
         for k, v in agree.items():
             per[k] = per.get(k, 0.0) + v / n
     return per
+
+
+def noise_like(x0: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise plus a per-image, per-channel constant of std `offset` ("offset noise").
+
+    With 16 x 16 latents the mean of x_T is known to +-1/16, and at SD's last timestep
+    (alpha-bar 0.0047) the data's mean still leaks through it: the background's latent mean differs by
+    ~1.7 between white and black, 0.12 after scaling by sqrt(alpha-bar), so a model trained on plain
+    noise reads the background off the noise and ignores the prompt. The offset drowns that leak.
+    """
+    noise = torch.randn(x0.shape, generator=generator)
+    return noise + offset * torch.randn((*x0.shape[:2], 1, 1), generator=generator)
+
+
+def loss_weights(alphas: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """Per-timestep weights of the squared error of the model's output.
+
+    In x0 terms, the weight is min(SNR + 1, gamma + 1) for v (1 at the noisiest steps, where the
+    prompt decides what is drawn; capped at low noise like Min-SNR-gamma), min(SNR, gamma) for epsilon
+    (Min-SNR-gamma, Hang et al. 2023, eq. 7)."""
+    snr = alphas / (1 - alphas)
+    if r.prediction_type == "epsilon":
+        return torch.clamp(snr, max=r.min_snr_gamma) / snr
+    return torch.clamp(snr + 1, max=r.min_snr_gamma + 1) / (snr + 1)
 
 
 def train_unet(out: Path, r: Recipe) -> None:
@@ -326,8 +355,7 @@ def train_unet(out: Path, r: Recipe) -> None:
     if ckpt.path.exists():
         step, log = load_checkpoint(ckpt.path, modules, opt)
     alphas = torch.tensor(alphas_cumprod())
-    snr = alphas / (1 - alphas)
-    loss_weight = torch.clamp(snr, max=r.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    weights = loss_weights(alphas, r)
     ids = PromptIds(tokenizer)
     bar = tqdm(total=r.unet_steps, initial=step, desc="unet")
     started, running = time.time() - log["seconds"], None
@@ -337,15 +365,16 @@ def train_unet(out: Path, r: Recipe) -> None:
         idx = torch.randint(len(scenes), (r.unet_batch,), generator=g)
         x0 = data[idx]
         t = torch.randint(0, 1000, (r.unet_batch,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = noise_like(x0, r.offset_noise, g)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if r.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         context = text_encoder(ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()]))[0]
         lr = r.unet_lr * min(1.0, (step + 1) / r.unet_warmup) * 0.5 * (1 + math.cos(math.pi * step / r.unet_steps))
         for group in opt.param_groups:
             group["lr"] = lr
         pred = unet(zt, t, context).sample
-        loss = (loss_weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (weights[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -363,7 +392,7 @@ def train_unet(out: Path, r: Recipe) -> None:
         if step % r.eval_every == 0 or step == r.unet_steps:
             vae = build_vae(r)
             vae.load_state_dict(load_file(str(work / "vae.safetensors")))
-            acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling)
+            acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling, r.prediction_type)
             log["accuracy"].append([step, acc])
             tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
         ckpt.maybe(step == r.unet_steps, modules, opt, step, log)
@@ -401,7 +430,7 @@ def export(out: Path, r: Recipe) -> Path:
         text.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_text.")})
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**sd_scheduler_config()),
+        scheduler=DDIMScheduler(**sd_scheduler_config(r.prediction_type)),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     target = out / "model"
@@ -430,7 +459,7 @@ def plot_training(out: Path) -> None:
     axes[0].plot(*zip(*vae_log["psnr"]))
     axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
     axes[1].plot(*zip(*unet_log["loss"]))
-    axes[1].set(title="UNet loss (Min-SNR weighted)", xlabel="step", yscale="log")
+    axes[1].set(title="UNet loss (weighted)", xlabel="step", yscale="log")
     if unet_log["accuracy"]:
         steps = [s for s, _ in unet_log["accuracy"]]
         for key in ("all", "shape", "color", "size", "background"):
