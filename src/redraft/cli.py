@@ -299,5 +299,22 @@ def demo(ctx, out_dir, seed):
     run(editor_from(ctx), Path(out_dir), seed=seed)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every network interface; anyone who reaches it can use it).")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+@friendly
+def serve(ctx, host, port):
+    """A web page to describe, invert and edit images (needs: pip install 'redraft[app]')."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise InputError("the web app needs Gradio: install it with pip install 'redraft[app]'.")
+    from .app import serve as run
+
+    run(editor_from(ctx), host=host, port=port)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,302 @@
+"""`redraft serve`: a web page over the `Editor` (Gradio), on this machine only by default.
+
+Upload an image (or pick a held-out shapes scene), describe it, invert it, edit its prompt, look at
+the per-word attention maps, and download the pictures and the inversion. The page is a thin layer:
+every picture comes from `Editor.invert`, `Editor.edit` and `Editor.word_maps`. An inversion is kept
+in the session, keyed by (image, source prompt, method, steps), so a second edit of the same image
+does not invert it again; a saved inversion can be uploaded instead of the image.
+
+Gradio's analytics are switched off before it is imported: the app makes no network requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry (read by gradio when it is imported)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from .draw import grid  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .files import save_image  # noqa: E402
+from .image import load_image  # noqa: E402
+from .inversion import METHODS, Inversion  # noqa: E402
+from .loading import BUILTIN  # noqa: E402
+from .metrics import psnr  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what an upload may be (PIL's names)
+MAX_PIXELS = 40_000_000  # an upload larger than this is refused before it is decoded
+MAX_UPLOAD = "100mb"  # any one uploaded file (a 50-step SD inversion is about 16 MB)
+KEPT_INVERSIONS = 3  # per browser session
+KINDS = [("auto (chosen from the prompts)", "auto"), ("swap words (replace)", "replace"),
+         ("refine (words added or removed)", "refine"), ("re-weight only", "reweight")]
+NO_DESCRIBE = ("Describing images is not in this version of redraft yet: type the source prompt "
+               "(what the image shows) yourself.")
+
+
+def shown(fn):
+    """Callbacks: a user's mistake (InputError) becomes its message in the page, anything else a short
+    message too; the traceback goes to the server's log only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except InputError as e:
+            raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
+        except Exception as e:
+            log.exception("redraft serve: %s failed", fn.__name__)
+            raise gr.Error(html.escape(f"unexpected failure ({type(e).__name__}: {e}); the server's log has "
+                                       f"the details.", quote=False), print_exception=False) from None
+
+    return wrapper
+
+
+def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An uploaded file -> an RGB image, after checking its type and pixel count from its header."""
+    try:
+        with Image.open(path) as im:
+            kind, (w, h) = im.format, im.size
+    except Image.DecompressionBombError:
+        raise InputError(f"the image is larger than {max_pixels / 1e6:.0f} megapixels; downscale it first.") from None
+    except (UnidentifiedImageError, OSError):
+        raise InputError("the uploaded file is not an image that can be read; upload a PNG, JPEG or WebP "
+                         "picture.") from None
+    if kind not in FORMATS:
+        raise InputError(f"{kind} images are not accepted; upload one of {', '.join(FORMATS)}.")
+    if w * h > max_pixels:
+        raise InputError(f"the image is {w} x {h} = {w * h / 1e6:.1f} megapixels, more than the "
+                         f"{max_pixels / 1e6:.0f} allowed; downscale it first.")
+    return load_image(path)
+
+
+def words_of(text: str) -> list[str]:
+    """'red, blue  square' -> ['red', 'blue', 'square']."""
+    return [w for w in re.split(r"[,\s]+", text or "") if w]
+
+
+def stacked(pictures: list[Image.Image]) -> Image.Image:
+    """Pictures one under the other, on white, left-aligned."""
+    canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
+    y = 0
+    for p in pictures:
+        canvas.paste(p, (0, y))
+        y += p.height
+    return canvas
+
+
+def examples(n: int = 4) -> list[tuple[Image.Image, str]]:
+    """Held-out shapes scenes (never seen in training) and their prompts."""
+    from .shapes import world
+
+    return [(world.render(s), s.prompt()) for s in world.scenes(0, n, split="test")]
+
+
+class App:
+    """The page's callbacks, over one `Editor`. Each is a plain function that tests call directly.
+
+    `cache` is the session's {key: Inversion} (a gr.State), key = (image digest, prompt, method, steps);
+    files for download are written under `workdir` (one folder per edit), removed when the app is.
+    """
+
+    def __init__(self, editor, max_pixels: int = MAX_PIXELS):
+        self.editor, self.max_pixels = editor, max_pixels
+        self._workdir = tempfile.TemporaryDirectory(prefix="redraft-serve-")
+        self.workdir = Path(self._workdir.name)
+        self.runs = 0
+
+    def key(self, image: Image.Image, prompt: str, method: str, steps: int) -> tuple:
+        """What an inversion depends on: the model-sized pixels, the prompt, the method and the steps."""
+        pixels = np.asarray(self.editor.prepare(image))
+        digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+        return digest, prompt, method, int(steps)
+
+    # ------------------------------------------------------------------ callbacks
+
+    @shown
+    def check_upload(self, value) -> None:
+        """On upload: refuse a file that is not an allowed picture, or that is too large."""
+        path = value.get("path") if isinstance(value, dict) else value
+        if path:
+            open_upload(path, self.max_pixels)
+
+    @shown
+    def describe(self, image_path: str | None) -> str:
+        """The source prompt predicted from the image (`Editor.describe`)."""
+        image = self.image(image_path)
+        if not hasattr(self.editor, "describe"):
+            raise gr.Error(NO_DESCRIBE, print_exception=False)
+        return self.editor.describe(image).prompt
+
+    @shown
+    def use_inversion(self, path: str | None, cache: dict | None):
+        """A saved inversion uploaded: show its image and settings, and keep it for the next edit."""
+        if not path:
+            return gr.update(), gr.update(), gr.update(), gr.update(), cache, ""
+        inversion = Inversion.load(path)
+        inversion.check_compatible(self.editor.fingerprint, self.editor.model_id)
+        image = Image.fromarray(inversion.image)
+        cache = self.remember(cache, self.key(image, inversion.prompt, inversion.method, inversion.steps), inversion)
+        status = (f"Loaded an inversion ({inversion.method}, {inversion.steps} steps) of "
+                  f"“{inversion.prompt}”: edits of this image will not invert it again.")
+        steps = gr.update(value=inversion.steps, maximum=max(200, inversion.steps))
+        return image, inversion.prompt, inversion.method, steps, cache, status
+
+    @shown
+    def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
+             targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
+             cross_steps: float = 0.8, self_steps: float = 0.4, progress=gr.Progress(track_tqdm=True)):
+        """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
+
+        Returns (gallery, attention maps, PNG files, inversion file, cache, status).
+        """
+        image = self.image(image_path)
+        prompt = (prompt or "").strip()
+        targets_list = [t.strip() for t in (targets or "").splitlines() if t.strip()]
+        if not prompt:
+            raise InputError("write the source prompt (what the image shows), or press Describe.")
+        if not targets_list:
+            raise InputError("write a target prompt: the source prompt with the words you want changed.")
+        if method not in METHODS:
+            raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
+        controls = dict(kind=None if kind in (None, "auto") else kind, blend=words_of(blend),
+                        reweight={w: float(factor) for w in words_of(reweight)},
+                        cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps))
+        key = self.key(image, prompt, method, int(steps))
+        cache = dict(cache or {})
+        inversion = cache.get(key)
+        if inversion is None:
+            progress(0, desc=f"inverting ({method}, {int(steps)} steps)")
+            inversion = self.editor.invert(image, prompt, method=method, steps=int(steps))
+            c = inversion.cost
+            how = f"Inverted ({method}, {inversion.steps} steps) in {c.seconds:.1f} s, {c.unet_forward} UNet passes"
+        else:
+            how = f"Reused the session's inversion ({method}, {inversion.steps} steps): no inverting"
+        cache = self.remember(cache, key, inversion)
+        progress(0.5, desc="editing")
+        images = self.editor.edit(inversion, targets_list, **controls)
+        prompts = [inversion.prompt, *targets_list]
+        maps = stacked([self.editor.word_maps(self.editor.last_attention, p, im, row=b).draw(cell=128)
+                        for b, (p, im) in enumerate(zip(prompts, images))])
+        source = Image.fromarray(inversion.image)
+
+        self.runs += 1
+        out = self.workdir / f"run-{self.runs}"
+        names = ["input", f"reconstruction-{method}"] + [f"edit-{k}" for k in range(1, len(targets_list) + 1)]
+        captions = [f"input: {inversion.prompt}", f"reconstruction ({method})"] + [f"edit: {t}" for t in targets_list]
+        pictures = [source, *images]
+        paths = [str(save_image(im, out / f"{n}.png")) for im, n in zip(pictures, names)]
+        grid_path = str(save_image(grid(pictures, captions), out / "grid.png"))
+        maps_path = str(save_image(maps, out / "attention.png"))
+        inversion_path = str(inversion.save(out / f"inversion-{method}-{inversion.steps}.safetensors"))
+        status = f"{how}; reconstruction PSNR {psnr(source, images[0]):.1f} dB against the input."
+        return (list(zip(paths, captions)), maps_path, [*paths, grid_path, maps_path], inversion_path, cache,
+                status)
+
+    # ------------------------------------------------------------------ helpers
+
+    def image(self, path: str | None) -> Image.Image:
+        if not path:
+            raise InputError("upload an image first (or pick one of the examples).")
+        return open_upload(path, self.max_pixels)
+
+    @staticmethod
+    def remember(cache: dict | None, key: tuple, inversion: Inversion) -> dict:
+        """Keep the newest KEPT_INVERSIONS inversions of the session (the one used last goes to the end)."""
+        cache = dict(cache or {})
+        cache.pop(key, None)
+        cache[key] = inversion
+        while len(cache) > KEPT_INVERSIONS:
+            cache.pop(next(iter(cache)))
+        return cache
+
+
+CSS = """
+.pixelated img { image-rendering: pixelated; }  /* small model images scaled up stay sharp */
+#image img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+
+def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
+    """The page (a gr.Blocks); `serve` launches it."""
+    app = App(editor, max_pixels)
+    model = "the built-in shapes model" if editor.model_id == BUILTIN else f"`{editor.model_id}`"
+    small = ["pixelated"] if editor.resolution < 256 else []
+    with gr.Blocks(title="redraft", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
+        page.redraft = app  # keeps the work folder alive as long as the page
+        cache = gr.State({})
+        gr.Markdown(f"# redraft\nEdit an image by editing the text that describes it (model: {model}).")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="image", type="filepath", image_mode=None, format="png", height=256,
+                                 sources=["upload", "clipboard"], elem_id="image", elem_classes=small)
+                with gr.Accordion("or reuse a saved inversion", open=False):
+                    saved = gr.File(label="inversion (.safetensors) downloaded earlier", file_types=[".safetensors"],
+                                    height=120, elem_id="saved-inversion")
+                with gr.Row():
+                    prompt = gr.Textbox(label="source prompt (what the image shows)", scale=4, elem_id="prompt")
+                    describe = gr.Button("Describe", scale=1, elem_id="describe")
+                example_rows = [[str(save_image(im, app.workdir / "examples" / f"scene-{k}.png")), p]
+                                for k, (im, p) in enumerate(examples())]
+                gr.Examples(example_rows, [image, prompt], label="examples: held-out shapes scenes")
+                with gr.Row():
+                    method = gr.Radio(list(METHODS), value="negative-prompt", label="inversion", elem_id="method")
+                    steps = gr.Slider(1, 200, value=50, step=1, label="steps", elem_id="steps")
+                targets = gr.Textbox(label="target prompt (one per line for several edits)", lines=2,
+                                     elem_id="targets")
+                with gr.Accordion("edit controls", open=False):
+                    kind = gr.Dropdown(KINDS, value="auto", label="edit kind", elem_id="kind")
+                    blend = gr.Textbox(label="local blend: words whose region may change (empty: all of it)",
+                                       elem_id="blend")
+                    reweight = gr.Textbox(label="re-weight these words of the target", elem_id="reweight")
+                    factor = gr.Slider(-2, 5, value=2.0, step=0.1, label="re-weight factor "
+                                       "(below 1 weakens, above 1 strengthens, negative removes)")
+                    cross_steps = gr.Slider(0, 1, value=0.8, step=0.05, label="cross-attention replace steps "
+                                            "(fraction)")
+                    self_steps = gr.Slider(0, 1, value=0.4, step=0.05, label="self-attention replace steps "
+                                           "(fraction)")
+                run = gr.Button("Edit", variant="primary", elem_id="edit")
+            with gr.Column():
+                status = gr.Markdown(elem_id="status")
+                gallery = gr.Gallery(label="input, reconstruction and edits", columns=3, rows=1, format="png", height="auto",
+                                     object_fit="contain", elem_id="results", elem_classes=small)
+                attention = gr.Image(label="per-word attention maps (source, then each edit)", format="png",
+                                     interactive=False, elem_id="attention")
+                files = gr.File(label="download the pictures (PNG)", file_count="multiple", elem_id="files")
+                inversion_file = gr.File(label="download the inversion (.safetensors): upload it later to "
+                                         "edit again without inverting", elem_id="inversion")
+        model_queue = dict(concurrency_id="model", concurrency_limit=1)  # one job on the model at a time
+        image.upload(app.check_upload, image, None, preprocess=False).failure(lambda: None, None, image)
+        describe.click(app.describe, image, prompt, **model_queue)
+        saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
+        run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
+                             cross_steps, self_steps],
+                  [gallery, attention, files, inversion_file, cache, status], **model_queue)
+    return page
+
+
+def serve(editor, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):
+    """Start the app on http://host:port; returns (page, url) (at once with `block=False`; `page.close()`)."""
+    page = build(editor)
+    page.queue()
+    try:
+        _, url, _ = page.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, ssr_mode=False,
+                                mcp_server=False, share=False, css=CSS, prevent_thread_lock=not block)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e}); choose another --port.") from None
+    return page, url
