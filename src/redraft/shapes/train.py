@@ -59,7 +59,7 @@ class Recipe:
     unet_heads: tuple[int, ...] = (1, 2, 4)  # diffusers' `attention_head_dim` is the head count: 32 wide each
     prediction_type: str = "v_prediction"
     offset_noise: float = 0.3  # std of a per-channel constant added to the noise (see `noise_like`)
-    unet_steps: int = 4000
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
@@ -486,7 +486,9 @@ def train(out: str | Path, recipe: Recipe | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    import os
     import sys
 
-    torch.set_num_threads(2)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(2)
     print(train(sys.argv[1]))
