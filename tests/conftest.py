@@ -101,3 +101,56 @@ def image():
     a = np.stack([x * 15, y * 15, np.full_like(x, 90)], -1).astype(np.uint8)
     a[4:10, 5:11] = (230, 40, 40)
     return Image.fromarray(a)
+
+
+# ---------------------------------------------------------------- tiny random weights of the learned metrics
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory) -> Path:
+    """A random CLIPModel (32 px images, the fixture tokenizer) and its processor, saved with save_pretrained."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer")
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16))
+    path = tmp_path_factory.mktemp("tiny-clip")
+    model.save_pretrained(path, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def build_tiny_dino(path: Path, kind: str = "vit") -> Path:
+    """A random ViT (DINO's architecture) or DINOv2 model, patch 8, saved with save_pretrained."""
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    shape = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    model = ViTModel(ViTConfig(intermediate_size=37, **shape)) if kind == "vit" \
+        else Dinov2Model(Dinov2Config(mlp_ratio=1, **shape))
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_folder(tmp_path_factory) -> Path:
+    return build_tiny_dino(tmp_path_factory.mktemp("tiny-dino"))
+
+
+def build_tiny_lpips(path: Path, net: str = "alex", seed: int = 0) -> Path:
+    """Random LPIPS weights (non-negative per-channel weights, as trained ones are) in one safetensors file."""
+    from safetensors.torch import save_file
+
+    from redraft.metrics import Lpips
+
+    torch.manual_seed(seed)
+    model = Lpips(net)
+    tensors = {k: (v.abs() if k.startswith("lin") else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path))
+    return path

@@ -234,3 +234,186 @@ def test_background_size_mismatch_and_bad_mask_raise():
         metrics.background(a, a, np.full((8, 8), 255, np.uint8))
     with pytest.raises(InputError, match="uint8"):
         metrics.psnr(a.astype(np.float32), a.astype(np.float32))
+
+
+# ---------------------------------------------------------------- learned metrics on tiny random weights
+
+def _random_images(seed: int = 5, shape=(40, 48, 3)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_clip_score_is_100_times_the_clamped_cosine(tiny_clip_folder):
+    from transformers import AutoProcessor
+
+    scorer = metrics.ClipScore.load(tiny_clip_folder)
+    model, processor = scorer.model, AutoProcessor.from_pretrained(tiny_clip_folder)
+    a, _ = _random_images()
+
+    def cosine(text: str) -> float:  # by hand, with transformers' own calls
+        x = processor(text=[text], images=[Image.fromarray(a)], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ei = model.get_image_features(pixel_values=x["pixel_values"])
+            et = model.get_text_features(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+        ei, et = (getattr(e, "pooler_output", e) for e in (ei, et))
+        return float(torch.nn.functional.cosine_similarity(ei, et))
+
+    texts = ["a cat", "a photo of a red car", "the sea at night"]
+    for flip in (False, True):  # this random model's cosines are all negative; flipped, all positive
+        if flip:
+            with torch.no_grad():
+                model.text_projection.weight.neg_()
+        for text in texts:
+            cos = cosine(text)
+            assert (cos > 0) == flip
+            score = scorer(a, text)
+            assert score == pytest.approx(100 * max(cos, 0.0), abs=1e-4)
+            assert scorer(Image.fromarray(a), text) == score  # identical inputs, another type: the same score
+
+
+def test_clip_score_with_a_mask_and_image_similarity(tiny_clip_folder):
+    scorer = metrics.ClipScore.load(tiny_clip_folder)
+    a, b = _random_images()
+    whole = np.ones(a.shape[:2], bool)
+    assert scorer.image_similarity(a, a.copy()) == pytest.approx(100.0, abs=1e-4)
+    assert scorer.image_similarity(a, b) < 100 - 1e-2  # random weights: every image looks much alike
+    assert scorer.image_similarity(a, b) == pytest.approx(scorer.image_similarity(b, a), abs=1e-4)
+    # the mask keeps what it selects and blacks out the rest (PIE-Bench's "edited" CLIP score)
+    half = np.zeros(a.shape[:2], bool)
+    half[:, :24] = True
+    masked = a * half[..., None]
+    for text in ["a cat", "the sea at night"]:
+        assert scorer(a, text, whole) == pytest.approx(scorer(a, text), abs=1e-6)
+        assert scorer(a, text, half) == pytest.approx(scorer(masked, text), abs=1e-6)
+    assert scorer.image_similarity(a, masked) < 100 - 1e-2
+    with pytest.raises(InputError, match="tokens"):
+        scorer(a, "cat " * 100)
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2"])
+def test_structure_distance_zero_to_itself_positive_to_another(tmp_path, kind):
+    from conftest import build_tiny_dino
+
+    sd = metrics.StructureDistance.load(build_tiny_dino(tmp_path / kind, kind))
+    a, b = _random_images()
+    s = sd.self_similarity(a)
+    tokens = 1 + (224 // 8) * (269 // 8)  # shorter side 48 -> 224 px, the other 40 -> 269: 28 x 33 patches + CLS
+    assert s.shape == (tokens, tokens)
+    assert torch.allclose(s.diagonal(), torch.ones(tokens), atol=1e-5)
+    assert sd(a, a.copy()) == 0.0
+    assert sd(a, b) > 1e-3
+    assert sd(a, b) == pytest.approx(sd(b, a), rel=1e-6)
+    # a slightly changed image is nearer than an unrelated one
+    near = np.clip(a.astype(int) + 8, 0, 255).astype(np.uint8)
+    assert 0 < sd(a, near) < sd(a, b)
+    # PIE-Bench's pixel scale (0..255 into the ImageNet normalisation) gives another number
+    assert sd(a, b, pie_bench=True) != pytest.approx(sd(a, b), rel=1e-3)
+
+
+def test_structure_distance_uses_the_last_layer_keys(tiny_dino_folder):
+    from transformers import ViTModel
+
+    sd = metrics.StructureDistance.load(tiny_dino_folder)
+    model = ViTModel.from_pretrained(tiny_dino_folder).eval()
+    a, b = _random_images(seed=9, shape=(32, 32, 3))
+
+    def keys(image):  # by hand: the last block's key projection of its layer-normed input
+        with torch.no_grad():
+            hidden = model(pixel_values=sd.pixels(image), output_hidden_states=True,
+                           interpolate_pos_encoding=True).hidden_states[-2]
+            block = model.layers[-1] if hasattr(model, "layers") else model.encoder.layer[-1]
+            attention = block.attention
+            key = attention.k_proj if hasattr(attention, "k_proj") else attention.attention.key
+            return key(block.layernorm_before(hidden))[0]
+
+    def similarity(k):
+        k = k / k.norm(dim=-1, keepdim=True)
+        return k @ k.T
+
+    expected = float(((similarity(keys(a)) - similarity(keys(b))) ** 2).mean())
+    assert sd(a, b) == pytest.approx(expected, rel=1e-5)
+    assert sd.pixels(np.zeros((20, 100, 3), np.uint8)).shape == (1, 3, 96, 480)  # longer side capped at 480
+
+
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_lpips_zero_to_itself_symmetric_and_masked(tmp_path, net):
+    from conftest import build_tiny_lpips
+
+    lp = metrics.Lpips.load(build_tiny_lpips(tmp_path / "lpips.safetensors", net))
+    assert lp.net == net
+    a = _textured(64, 64)
+    b = a.copy()
+    b[:, 40:] = 255 - b[:, 40:]  # change the right side only
+    assert lp(a, a.copy()) == 0.0
+    assert lp(a, b) > 0
+    assert lp(a, b) == pytest.approx(lp(b, a), rel=1e-6)
+    everything = np.ones((64, 64), bool)
+    assert lp(a, b, everything) == pytest.approx(lp(a, b), rel=1e-6)
+    left, right = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    left[:, :16], right[:, 40:] = True, True
+    assert lp(a, b, left) < lp(a, b) < lp(a, b, right)
+    assert math.isnan(lp(a, b, np.zeros((64, 64), bool)))
+    # in the background functions: PIE-Bench's way scores the masked images, the clean way the masked maps
+    edit = np.zeros((64, 64), bool)
+    edit[:, 40:] = True
+    assert metrics.background(a, b, edit, lpips=lp)["lpips"] == pytest.approx(lp(a, b, ~edit), rel=1e-6)
+    pie = metrics.pie_bench_background(a, b, edit, lpips=lp)
+    assert pie["lpips"] == pytest.approx(lp(*metrics.pie_bench_masked(a, b, edit)), rel=1e-6)
+    with pytest.raises(InputError, match="32 px"):
+        lp(a[:16, :16], b[:16, :16])
+
+
+def test_lpips_first_layer_by_hand(tmp_path):
+    """With only the first layer weighted, LPIPS is conv1 + ReLU, unit-normalised, weighted squared difference."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import build_tiny_lpips
+
+    path = build_tiny_lpips(tmp_path / "lpips.safetensors", "alex", seed=3)
+    tensors = load_file(str(path))
+    for k in range(1, 5):
+        tensors[f"lin{k}.model.1.weight"].zero_()
+    save_file(tensors, str(path))
+    lp = metrics.Lpips.load(path)
+    a, b = _textured(48, 48, seed=1), _textured(48, 48, seed=2)
+
+    def features(x):
+        t = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1
+        t = (t - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+        f = torch.relu(torch.nn.functional.conv2d(t, tensors["features.0.weight"], tensors["features.0.bias"], stride=4, padding=2))
+        return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+    w = tensors["lin0.model.1.weight"].view(1, -1, 1, 1)
+    expected = float((w * (features(a) - features(b)) ** 2).sum(1).mean())
+    assert lp(a, b) == pytest.approx(expected, rel=1e-5)
+
+
+def test_optional_scorers_report_why_they_are_unavailable(tmp_path, tiny_clip_folder):
+    import pickle
+
+    assert metrics.optional_scorer("clip", None) == "unavailable: no clip weights given"
+    missing = metrics.optional_scorer("dino", str(tmp_path / "nowhere"))
+    assert missing.startswith("unavailable: dino weights") and "no such file" in missing
+    assert isinstance(metrics.optional_scorer("clip", str(tiny_clip_folder)), metrics.ClipScore)
+    wrong = metrics.optional_scorer("lpips", str(tiny_clip_folder))  # a CLIP folder is no LPIPS file
+    assert wrong.startswith("unavailable: lpips weights") and "not an LPIPS" in wrong
+
+    # pickled weights are never loaded: unpickling this file would create `marker`
+    marker = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_clip_folder / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps(Trap()))
+    (tmp_path / "lpips.pth").write_bytes(pickle.dumps(Trap()))
+    for kind, source in [("clip", pickled), ("dino", pickled), ("lpips", tmp_path / "lpips.pth")]:
+        assert metrics.optional_scorer(kind, str(source)).startswith("unavailable:")
+    assert not marker.exists()
+    with pytest.raises(InputError, match="safetensors"):
+        metrics.Lpips.load(tmp_path / "lpips.pth")
+    with pytest.raises(InputError, match="unknown learned metric"):
+        metrics.optional_scorer("fid", "x")
