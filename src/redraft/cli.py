@@ -349,10 +349,9 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, cross
                           self_steps=self_steps)
     items = b.read_manifest(manifest, defaults, images)[:limit]
 
-    def load_editor(device):
-        from . import load
-
-        return load(ctx.obj["model"], device=device)
+    def load_editor(device):  # each process on its own device (accelerate's), unless --device says otherwise
+        ctx.obj["device"] = device
+        return editor_from(ctx)
 
     report = b.run(items, out_dir, load_editor, model=ctx.obj["model"] or BUILTIN, device=ctx.obj["device"],
                    weights=dict(clip=clip, dino=dino, lpips=lpips), force=force)
