@@ -223,3 +223,11 @@ def test_the_server_listens_here_only_and_makes_no_outside_requests(editor, monk
     finally:
         page.close()
     assert asked == []
+
+
+def test_a_port_in_use_is_one_message(editor):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(InputError, match="choose another --port"):
+            serve(editor, port=taken.getsockname()[1], block=False)

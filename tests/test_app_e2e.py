@@ -99,20 +99,22 @@ def test_upload_describe_edit_and_download_in_a_browser(server, tmp_path):
         browser = p.chromium.launch(executable_path=chromium(), headless=True)
         try:
             page = browser.new_page()
+            page.set_default_timeout(120_000)  # bounds failures only: a loaded machine is slow, not wrong
+            expect.set_options(timeout=120_000)
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
                 (server.rstrip("/"), "data:", "blob:")) else None)
             page.goto(server)
             page.locator("#image input[type=file]").set_input_files(str(picture))
-            expect(page.locator("#image img")).to_be_visible(timeout=15_000)
+            expect(page.locator("#image img")).to_be_visible()
 
             page.click("#describe")
             prompt = page.locator("#prompt textarea")
             toast = page.locator(".toast-body")
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not prompt.input_value() and not toast.count() and time.monotonic() < deadline:
                 time.sleep(0.2)
             if not hasattr(redraft.Editor, "describe"):
-                expect(toast.first).to_contain_text("not in this version of redraft yet", timeout=5_000)
+                expect(toast.first).to_contain_text("not in this version of redraft yet")
             assert prompt.input_value() or toast.count(), "Describe gave neither a prompt nor a message"
             if toast.count():  # a message in the page, never a traceback nor an unexpected failure
                 text = toast.first.inner_text()
@@ -124,7 +126,7 @@ def test_upload_describe_edit_and_download_in_a_browser(server, tmp_path):
             page.fill("#targets textarea", target)
             page.click("#edit")
             images = page.locator("#results img")
-            expect(images).to_have_count(3, timeout=60_000)
+            expect(images).to_have_count(3, timeout=300_000)  # 10 steps: seconds on an idle machine
             expect(page.locator("#status")).to_contain_text("Inverted (negative-prompt, 10 steps)")
 
             edit_url = images.nth(2).get_attribute("src")

@@ -118,7 +118,6 @@ class App:
         self.editor, self.max_pixels = editor, max_pixels
         self._workdir = tempfile.TemporaryDirectory(prefix="redraft-serve-")
         self.workdir = Path(self._workdir.name)
-        self.runs = 0
 
     def key(self, image: Image.Image, prompt: str, method: str, steps: int) -> tuple:
         """What an inversion depends on: the model-sized pixels, the prompt, the method and the steps."""
@@ -195,8 +194,7 @@ class App:
                         for b, (p, im) in enumerate(zip(prompts, images))])
         source = Image.fromarray(inversion.image)
 
-        self.runs += 1
-        out = self.workdir / f"run-{self.runs}"
+        out = Path(tempfile.mkdtemp(prefix="edit-", dir=self.workdir))
         names = ["input", f"reconstruction-{method}"] + [f"edit-{k}" for k in range(1, len(targets_list) + 1)]
         captions = [f"input: {inversion.prompt}", f"reconstruction ({method})"] + [f"edit: {t}" for t in targets_list]
         pictures = [source, *images]
