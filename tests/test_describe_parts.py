@@ -210,13 +210,15 @@ def test_curriculum_stages_order_and_sizes():
     scores = np.array([0.2, 0.9, 0.5, 0.5, 0.1, 0.7, 0.3, 0.8, 0.6, 0.4])
     easy_to_hard = [1, 7, 5, 8, 2, 3, 9, 6, 0, 4]  # 2 and 3 tie: index order
     stages = curriculum_stages(scores, 3)
-    assert [len(s) for s in stages] == [4, 7, 10] == stage_sizes(10, 3)  # ceil(k * 10 / 3)
+    assert [len(s) for s in stages] == [4, 5, 10] == stage_sizes(10, 3)  # the reference: 1/3, 1/2, all
     for stage in stages:
         assert stage.tolist() == easy_to_hard[:len(stage)]  # order kept, nothing shuffled
-    assert stage_sizes(10, 3, "reciprocal") == [4, 5, 10]  # the reference: 1/3, 1/2, all
-    assert [len(s) for s in curriculum_stages(scores, 3, schedule="reciprocal")] == [4, 5, 10]
+    assert stage_sizes(10, 4) == [3, 4, 5, 10]  # ceil(10/4), ceil(10/3), ceil(10/2), 10
+    assert stage_sizes(10, 3, "linear") == [4, 7, 10]  # ceil(k * 10 / 3)
+    assert [len(s) for s in curriculum_stages(scores, 3, schedule="linear")] == [4, 7, 10]
     assert [len(s) for s in curriculum_stages(scores, 1)] == [10]
-    assert stage_sizes(2, 3) == [1, 2, 2]
+    assert stage_sizes(2, 3) == [1, 1, 2]
+    assert stage_sizes(2, 3, "linear") == [1, 2, 2]
     with pytest.raises(InputError, match="stages"):
         curriculum_stages(scores, 0)
 
@@ -224,7 +226,7 @@ def test_curriculum_stages_order_and_sizes():
 def test_curriculum_shuffle_within_keeps_blocks():
     scores = np.linspace(1.0, 0.0, 30)  # already easy to hard: the order is 0..29
     stages = curriculum_stages(scores, 3, shuffle_within=True, seed=1)
-    blocks = [range(0, 10), range(10, 20), range(20, 30)]
+    blocks = [range(0, 10), range(10, 15), range(15, 30)]  # sizes 10, 15, 30
     last = stages[-1]
     for stage in stages:
         assert stage.tolist() == last[:len(stage)].tolist()  # each stage is a prefix of the next

@@ -30,21 +30,23 @@ def friendly(fn):
 @click.group()
 @click.option("--model", default=None, help="diffusers folder or hub id (default: the built-in shapes model).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present).")
+@click.option("--describer", default=None, type=click.Path(file_okay=False),
+              help="describer folder (default: the model's own, <model>/describer).")
 @click.pass_context
-def main(ctx, model, device):
+def main(ctx, model, device, describer):
     """redraft: describe, invert and edit images with Stable Diffusion."""
-    ctx.obj = {"model": model, "device": device}
+    ctx.obj = {"model": model, "device": device, "describer": describer}
 
 
 def editor_from(ctx):
     from . import load
 
-    return load(ctx.obj["model"], device=ctx.obj["device"])
+    return load(ctx.obj["model"], device=ctx.obj["device"], describer=ctx.obj.get("describer"))
 
 
 @main.command()
 @click.argument("image")
-@click.option("--prompt", "-p", required=True, help="the text that describes the image.")
+@click.option("--prompt", "-p", default=None, help="the text that describes the image (default: its description).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", default=50, show_default=True)
 @click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale.")
@@ -67,6 +69,8 @@ def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, 
     inv = editor.invert(image, prompt, method=method, steps=steps, guidance_scale=guidance,
                         null_init=null_init, global_null=global_null, keep_aspect=keep_aspect)
     inv.save(output)
+    if prompt is None:
+        click.echo(f"described as: {inv.prompt}")
     c = inv.cost
     click.echo(f"wrote {output} ({method}, {steps} steps: {c.seconds:.1f} s, {c.unet_forward} UNet passes"
                + (f" + {c.unet_backward} backward" if c.unet_backward else "") + ")")
@@ -111,14 +115,15 @@ def edit_options(fn):
     return fn
 
 
-def is_saved_inversion(source: str, prompt: str | None, what: str) -> bool:
-    """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt; checked before loading a model."""
+def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt: bool = True) -> bool:
+    """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt (unless it can be
+    described: `needs_prompt=False`); checked before loading a model."""
     from .image import load_image
 
     if source.endswith(".safetensors"):
         return True
     load_image(source)
-    if not prompt:
+    if needs_prompt and not prompt:
         raise InputError(f"{what} of an image needs its source prompt: give --prompt \"...\".")
     return False
 
@@ -152,7 +157,8 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 
 @main.command()
 @click.argument("source")
-@click.option("--prompt", "-p", default=None, help="source prompt (needed for an image; an inversion has its own).")
+@click.option("--prompt", "-p", default=None,
+              help="source prompt (an image without one is described first; an inversion has its own).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", default=50, show_default=True)
 @click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
@@ -167,9 +173,11 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
-    is_inversion = is_saved_inversion(source, prompt, "editing")
+    is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
+    if not is_inversion and prompt is None:
+        click.echo(f"described as: {inv.prompt}")
     images = editor.edit(inv, list(targets), direct=direct, **controls)
     from PIL import Image
 
@@ -272,6 +280,24 @@ def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, ou
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 
 
+@bench.command("describe")
+@click.option("-n", "count", default=256, show_default=True, help="held-out shapes scenes to describe.")
+@click.option("--train-size", default=6000, show_default=True, help="training scenes of every ablation row.")
+@click.option("--epochs", default=2, show_default=True, help="epochs of every ablation row.")
+@click.option("--rows", default=None, help="comma-separated rows (default: all): " + "shipped, regression, heads1, heads2, heads3, curriculum.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
+    """Prompt prediction on held-out shapes: cosine, exact prompt, attributes; the paper's ablation in small."""
+    from .bench import describe as b
+
+    result = b.run(ctx.obj.get("describer"), count, train_size=train_size, epochs=epochs,
+                   rows=rows.split(",") if rows else None, work=Path(out_dir) / "describe-runs")
+    click.echo(b.table(result))
+    click.echo(f"wrote {b.save(result, Path(out_dir))}")
+
+
 @main.group()
 def train():
     """Training."""
@@ -287,6 +313,55 @@ def train_shapes_model(out_dir):
     click.echo(f"model written to {run(out_dir)}")
 
 
+@train.command("describer")
+@click.option("--data", required=True, help="'shapes' (scenes drawn on the fly), or a folder with prompts.csv / "
+              "prompts.jsonl (columns image, prompt), or with DiffusionDB's part-*.zip files.")
+@click.option("--backbone", default="resnet-tiny", show_default=True,
+              help="resnet-tiny / vit-tiny (from scratch), config:PATH (a transformers config, from scratch), "
+                   "a transformers model folder or hub id (e.g. openai/clip-vit-base-patch32), or unet "
+                   "(the U-Net encoder of --model).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="the describer folder; run again to resume after a stop.")
+@click.option("--finetune/--frozen", default=None,
+              help="train or freeze a pretrained backbone or the U-Net (default: frozen; from-scratch ones train).")
+@click.option("--heads", type=click.Choice(["1", "2", "3"]), default="3", show_default=True,
+              help="head configuration: 1 side by side, 2 logits into the regression, 3 words from the embedding.")
+@click.option("--hidden", type=int, default=None, help="heads' hidden width, 0 for linear (default: 512 on a "
+              "frozen backbone, else linear).")
+@click.option("--regression-only", is_flag=True, help="no vocabulary classification (ablation).")
+@click.option("--curriculum", default=0, show_default=True, help="curriculum stages (0: none).")
+@click.option("--warmup-epochs", default=2, show_default=True, help="curriculum: epochs of the scoring run.")
+@click.option("--epochs", default=4, show_default=True, help="epochs (with a curriculum: per stage).")
+@click.option("--batch-size", default=64, show_default=True, help="per device.")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.01, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--train-size", default=20000, show_default=True, help="shapes: training scenes.")
+@click.option("--image-size", type=int, default=None, help="input size (default: the backbone's; 64 on shapes).")
+@click.option("--timestep", default=50, show_default=True, help="unet: the timestep of the latents.")
+@click.option("--context", type=click.Choice(["empty", "caption"]), default="empty", show_default=True,
+              help="unet: the text context (caption: needs --captioner).")
+@click.option("--captioner", default=None, help="unet with --context caption: a BLIP captioner folder or hub id.")
+@click.option("--vocab-size", default=1000, show_default=True)
+@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--keep-checkpoint", is_flag=True, help="keep the last checkpoint when training ends.")
+@click.pass_context
+@friendly
+def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regression_only, curriculum, warmup_epochs,
+                    epochs, batch_size, lr, weight_decay, seed, train_size, image_size, timestep, context, captioner,
+                    vocab_size, workers, keep_checkpoint):
+    """Train a describer (image -> prompt); many GPUs: accelerate launch -m redraft.cli train describer ..."""
+    from .describe.train import TrainOptions, train as run
+
+    options = TrainOptions(
+        data=data, backbone=backbone, model=ctx.obj["model"], finetune=finetune, heads=int(heads), hidden=hidden,
+        words=not regression_only, curriculum=curriculum, warmup_epochs=warmup_epochs, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, train_size=train_size,
+        image_size=image_size, timestep=timestep, context=context, captioner=captioner, vocab_size=vocab_size,
+        num_workers=workers)
+    click.echo(f"describer written to {run(options, out_dir, keep_checkpoint=keep_checkpoint)}")
+
+
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=7, show_default=True, help="which held-out scene to use.")
@@ -297,6 +372,34 @@ def demo(ctx, out_dir, seed):
     from .demo import run
 
     run(editor_from(ctx), Path(out_dir), seed=seed)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("-k", "k", default=5, show_default=True, help="nearest known prompts to show.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per image.")
+@click.pass_context
+@friendly
+def describe(ctx, images, k, as_json):
+    """The prompt behind each image (Reverse Stable Diffusion): text, words, nearest known prompts."""
+    import json
+
+    from .image import load_image
+
+    from .describe.model import Describer, describer_folder
+    from .loading import default_device
+
+    loaded = [load_image(path) for path in images]  # fail on a bad image before loading the model
+    describer = Describer.load(describer_folder(ctx.obj["model"], ctx.obj.get("describer")),
+                               device=ctx.obj["device"] or default_device())  # the describer alone
+    for path, d in zip(images, describer.describe(loaded, k=k)):
+        if as_json:
+            click.echo(json.dumps({"image": path, **d.to_json()}))
+            continue
+        click.echo(f"{path}: {d.prompt}")
+        if d.words:
+            click.echo("  words: " + ", ".join(f"{w} {p:.2f}" for w, p in d.words))
+        click.echo("  nearest: " + "; ".join(f"{t} ({c:.3f})" for t, c in d.neighbours))
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ from . import invert as inv
 from .attention import AttentionControl, controlled
 from .edit import Controls, LocalBlend, plan
 from .ddim import Schedule
+from .describe.model import Description
 from .errors import InputError
 from .image import ImageLike, fit, load_image, to_pil, to_tensor
 from .inversion import METHODS, Cost, Inversion
@@ -23,23 +25,26 @@ from .sampling import CountedUNet, denoise
 
 
 def load(model: str | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> "Editor":
+         dtype: torch.dtype | None = None, describer: str | Path | None = None) -> "Editor":
     """Load a Stable Diffusion pipeline (diffusers folder or hub id; None: the built-in shapes model).
 
-    Device defaults to CUDA when present; dtype to fp16 on CUDA and fp32 on the CPU.
+    Device defaults to CUDA when present; dtype to fp16 on CUDA and fp32 on the CPU. `describer`: a
+    describer folder for `Editor.describe` (default: `<model folder>/describer` if there is one).
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     pipe = load_pipeline(model, device, dtype)
-    return Editor(pipe, model_id=BUILTIN if model is None else str(model))
+    return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer)
 
 
 class Editor:
     """Inverts, reconstructs and (with `redraft.edit`) edits images with one Stable Diffusion pipeline."""
 
-    def __init__(self, pipeline, model_id: str):
+    def __init__(self, pipeline, model_id: str, describer: str | Path | None = None):
         self.pipeline = pipeline
         self.model_id = model_id
+        self.describer_path = Path(describer) if describer is not None else None  # None: the model's own
+        self._describer = None  # loaded on first use
         self.fingerprint = fingerprint(pipeline)
         self.unet = CountedUNet(pipeline.unet)
         self.last_attention: AttentionControl | None = None  # maps of the last generate() or edit()
@@ -82,6 +87,27 @@ class Editor:
         vae = self.pipeline.vae
         return to_pil(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample)
 
+    # ------------------------------------------------------------------ description
+
+    @property
+    def describer(self):
+        """The describer (`redraft.describe.model.Describer`), loaded on first use from the folder given
+        to `load(describer=...)`, else `<model folder>/describer`."""
+        if self._describer is None:
+            from .describe.model import Describer, describer_folder
+
+            self._describer = Describer.load(describer_folder(self.model_id, self.describer_path), device=self.device)
+        return self._describer
+
+    def describe(self, image: ImageLike | Sequence[ImageLike], k: int = 5) -> Description | list[Description]:
+        """The prompt behind an image (Croitoru et al., Reverse Stable Diffusion): a `Description` with
+        the text, the predicted sentence embedding, the predicted words and the `k` nearest known
+        prompts. A list of images gives a list."""
+        single = not isinstance(image, (list, tuple))
+        images = [load_image(im) for im in ([image] if single else image)]
+        descriptions = self.describer.describe(images, k=k)
+        return descriptions[0] if single else descriptions
+
     # ------------------------------------------------------------------ inversion
 
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
@@ -89,6 +115,7 @@ class Editor:
                null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
                keep_aspect: bool = False, progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
+        With no prompt (None), the image is described first and the description's prompt is used.
 
         method: "ddim" (the pivot alone; reconstructed at `guidance_scale`, 1 for the no-CFG baseline),
         "null-text" (Mokady et al.; `null_init="source"` starts from the prompt's embedding,
@@ -103,11 +130,13 @@ class Editor:
         prompts = [prompt] * len(images) if prompt is None or isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(images):
             raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt per image.")
-        for p in prompts:
-            if p is None:
-                raise InputError("a source prompt is needed to invert an image; give the text that describes it.")
-            check_prompt(self.pipeline.tokenizer, p, what="source prompt", allow_empty=False)
         prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in images]
+        missing = [i for i, p in enumerate(prompts) if p is None]
+        if missing:  # no source prompt: the describer's (Reverse Stable Diffusion)
+            for i, description in zip(missing, self.describe([prepared[i] for i in missing])):
+                prompts[i] = description.prompt
+        for p in prompts:
+            check_prompt(self.pipeline.tokenizer, p, what="source prompt", allow_empty=False)
         if len({im.size for im in prepared}) > 1:  # aspect kept and sizes differ: one batch per image
             return [self._invert_batch([im], [p], method, steps, guidance_scale, null_init, global_null,
                                        inner_steps, progress)[0] for im, p in zip(prepared, prompts)]

@@ -13,8 +13,8 @@ stages from easy (well-aligned) pairs to hard ones:
 Differences from the reference code, on purpose:
 - Its warm-up weights are [0.1, 0.1, 0.2, 0.2, 0.4] for its 5 epochs; here they are 1, 2, ..., E
   normalised (the same idea for any E).
-- Its stages take the easiest 1/S, 1/(S-1), ..., 1/1 of the data. Here the default schedule is
-  "linear": k/S for stage k, equal blocks. `schedule="reciprocal"` gives the reference's shares.
+- Stages take the easiest 1/S, 1/(S-1), ..., 1/1 of the data, as in the reference (the default
+  schedule, "reciprocal"). `schedule="linear"` gives k/S for stage k instead: equal blocks.
 - It shuffles after sorting (its loader's shuffle, and a random train/validation split of the
   sorted table), so within a stage the easy-to-hard order is lost. Here the order within a stage is
   kept; `shuffle_within=True` shuffles only inside each newly added block, so every easy pair
@@ -47,10 +47,11 @@ def difficulty_scores(history) -> np.ndarray:
     return (weights / weights.sum()) @ history
 
 
-def stage_sizes(n: int, stages: int, schedule: str = "linear") -> list[int]:
+def stage_sizes(n: int, stages: int, schedule: str = "reciprocal") -> list[int]:
     """How many of the n easiest examples each stage uses.
 
-    "linear": ceil(k * n / S) for k = 1..S. "reciprocal" (the reference): ceil(n / (S - k + 1)).
+    "reciprocal" (the reference, the default): ceil(n / (S - k + 1)) for k = 1..S, i.e. the easiest
+    1/S, 1/(S-1), ..., all. "linear": ceil(k * n / S).
     The last stage is always n. With more stages than examples, some consecutive sizes repeat.
     """
     if not isinstance(stages, int) or stages < 1:
@@ -63,7 +64,7 @@ def stage_sizes(n: int, stages: int, schedule: str = "linear") -> list[int]:
 
 
 def curriculum_stages(scores, stages: int, *, shuffle_within: bool = False, seed: int = 0,
-                      schedule: str = "linear") -> list[np.ndarray]:
+                      schedule: str = "reciprocal") -> list[np.ndarray]:
     """Example indices for each stage, easiest first: a list of `stages` integer arrays.
 
     Examples are sorted by score, highest (easiest) first; equal scores keep index order. Stage k

@@ -1,0 +1,137 @@
+"""`redraft bench describe`: prompt prediction on held-out shapes scenes (split "test", a seed no
+training uses), the paper's ablation in small (Reverse Stable Diffusion, Croitoru et al. 2024, tables
+on the joint task, the head configurations and curriculum learning).
+
+Rows, each a describer trained briefly on shapes (split "train") with the same backbone and budget:
+
+- regression only: the embedding alone (no BCE term, retrieval by cosine only);
+- + vocabulary classification: the joint task, head configurations 1, 2 and 3, retrieval re-ranked
+  by the predicted words;
+- + curriculum: configuration 3 trained easy to hard after a warm-up run.
+
+Measures: mean cosine between predicted and true all-MiniLM-L6-v2 embeddings (the paper's metric);
+exact prompt (the retrieved text equals the scene's full prompt); per-attribute accuracy of the
+retrieved text (size, color, shape, background, read with `redraft.shapes.world.parse_prompt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..files import atomic_path
+from ..shapes import world
+
+TEST_SEED = 77  # held-out scenes: split "test"; training uses seed 0 ("train") and 10000 ("test", validation)
+ATTRIBUTES = ("size", "color", "shape", "background")
+
+
+def test_scenes(n: int, seed: int = TEST_SEED) -> list[world.Scene]:
+    return world.scenes(seed, n, split="test")
+
+
+@torch.no_grad()
+def evaluate(describer, scenes: list[world.Scene], embedder=None, batch_size: int = 64) -> dict:
+    """Mean cosine, exact-prompt rate and per-attribute accuracy of a describer on scenes."""
+    from ..describe.embed import SentenceEmbedder
+
+    embedder = embedder or SentenceEmbedder()
+    truths = [s.prompt() for s in scenes]
+    targets = embedder.encode(truths)
+    descriptions = describer.describe([world.render(s) for s in scenes], k=1, batch_size=batch_size)
+    predicted = torch.stack([d.embedding for d in descriptions])
+    cosines = torch.nn.functional.cosine_similarity(predicted, targets, dim=-1)
+    per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    for d, scene in zip(descriptions, scenes):
+        try:
+            read = world.parse_prompt(d.prompt)
+        except ValueError:
+            read = {}
+        for a in ATTRIBUTES:
+            per[a].append(read.get(a) == getattr(scene, a))
+    return {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()),
+            "exact_prompt": float(np.mean([d.prompt == t for d, t in zip(descriptions, truths)])),
+            **{a: float(np.mean(v)) for a, v in per.items()}, "n": len(scenes)}
+
+
+ROWS = ("shipped", "regression", "heads1", "heads2", "heads3", "curriculum")
+LABELS = {"shipped": "shipped describer", "regression": "regression only (config 3 heads, no BCE)",
+          "heads1": "+ words, heads config 1", "heads2": "+ words, heads config 2",
+          "heads3": "+ words, heads config 3", "curriculum": "+ words, config 3, + curriculum"}
+
+
+def row_options(row: str, train_size: int, epochs: int):
+    """The training options of an ablation row (all: resnet-tiny from scratch, the same seed and data)."""
+    from ..describe.train import TrainOptions
+
+    base = TrainOptions(data="shapes", backbone="resnet-tiny", train_size=train_size, epochs=epochs, lr=3e-3,
+                        val_size=128, save_every=10_000)
+    if row == "regression":
+        return dataclasses.replace(base, words=False)
+    if row in ("heads1", "heads2", "heads3"):
+        return dataclasses.replace(base, heads=int(row[-1]))
+    if row == "curriculum":  # 3 stages (1/3, 1/2, all), one warm-up epoch: about the rows' budget
+        return dataclasses.replace(base, curriculum=3, warmup_epochs=1, epochs=max(1, epochs // 2))
+    raise ValueError(row)
+
+
+def run(describer: str | Path | None, n: int, *, train_size: int = 6000, epochs: int = 2,
+        rows: list[str] | None = None, work: Path = Path("out/bench/describe-runs")) -> dict:
+    """Every row on the same n held-out scenes. Trained rows are kept in `work` and reused when their
+    folder is complete (delete it to retrain)."""
+    from ..describe.embed import SentenceEmbedder
+    from ..describe.model import Describer
+    from ..describe.train import train
+    from ..errors import InputError
+    from ..loading import builtin_path
+
+    rows = list(rows or ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise InputError(f"unknown bench rows {unknown}; choose from {list(ROWS)}")
+    scenes = test_scenes(n)
+    embedder = SentenceEmbedder()
+    out: dict = {"test_seed": TEST_SEED, "n": n, "train_size": train_size, "epochs": epochs, "rows": {}}
+    for row in rows:
+        started = time.perf_counter()
+        if row == "shipped":
+            folder = Path(describer) if describer else builtin_path() / "describer"
+            if not folder.is_dir():
+                continue
+            trained = Describer.load(folder)
+            seconds = None
+        else:
+            folder = work / row
+            if not (folder / "model.safetensors").is_file():
+                train(row_options(row, train_size, epochs), folder, progress=True)
+            trained = Describer.load(folder)
+            seconds = trained.training_summary.get("seconds")
+            seconds = round(time.perf_counter() - started, 1) if seconds is None else seconds
+        result = evaluate(trained, scenes, embedder)
+        result["steps"] = trained.training_summary.get("steps")
+        result["train_seconds"] = seconds
+        result["folder"] = str(folder)
+        out["rows"][row] = result
+    return out
+
+
+def table(result: dict) -> str:
+    head = f"{'row':<40} {'cosine':>7} {'exact':>7} " + " ".join(f"{a:>10}" for a in ATTRIBUTES) + f" {'steps':>6}"
+    lines = [f"{result['n']} held-out shapes scenes (split test, seed {result['test_seed']})", head]
+    for row, r in result["rows"].items():
+        lines.append(f"{LABELS[row]:<40} {r['mean_cosine']:>7.4f} {r['exact_prompt']:>7.1%} "
+                     + " ".join(f"{r[a]:>10.1%}" for a in ATTRIBUTES) + f" {r['steps'] or '':>6}")
+    return "\n".join(lines)
+
+
+def save(result: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "describe.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    return path
