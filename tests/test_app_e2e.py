@@ -8,6 +8,7 @@ REDRAFT_REQUIRE_E2E=1 (CI), where that is a failure. Playwright never downloads 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +29,7 @@ from redraft.shapes import world
 def chromium() -> str:
     """The system Chromium, or skip (fail under REDRAFT_REQUIRE_E2E=1) saying what to install."""
     missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         missing.append("Playwright for Python (pip install -e '.[dev]')")
     path = os.environ.get("REDRAFT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:

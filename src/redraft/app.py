@@ -20,7 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry (read by gradio when it is imported)
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry (the Blocks also get analytics_enabled=False)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import gradio as gr  # noqa: E402
@@ -271,8 +271,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
-                gallery = gr.Gallery(label="input, reconstruction and edits", columns=3, rows=1, format="png", height="auto",
-                                     object_fit="contain", elem_id="results", elem_classes=small)
+                gallery = gr.Gallery(label="input, reconstruction and edits", columns=3, rows=1, format="png",
+                                     height="auto", object_fit="contain", elem_id="results", elem_classes=small)
                 attention = gr.Image(label="per-word attention maps (source, then each edit)", format="png",
                                      interactive=False, elem_id="attention")
                 files = gr.File(label="download the pictures (PNG)", file_count="multiple", elem_id="files")
@@ -284,7 +284,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
                              cross_steps, self_steps],
-                  [gallery, attention, files, inversion_file, cache, status], **model_queue)
+                  [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
+                  **model_queue)
     return page
 
 
