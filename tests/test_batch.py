@@ -248,6 +248,9 @@ def test_pie_bench_items_with_learned_metrics(tiny_folder, tiny_clip_folder, tin
         assert row["edit1_structure"] > 0
         # the 16 px tiny model is too small for LPIPS: reported, not crashed on
         assert row["edit1_bg_lpips"].startswith("unavailable: LPIPS needs images of at least 32 px")
+    by_type = json.loads((out / "summary.json").read_text())["by_editing_type"]
+    assert sorted(by_type) == ["0", "1"]
+    assert by_type["1"]["edit1_bg_psnr"] == pytest.approx(rows[0]["edit1_bg_psnr"])
 
 
 # ---------------------------------------------------------------- two processes

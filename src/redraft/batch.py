@@ -512,17 +512,25 @@ def merge(items: list[Item], out: Path) -> tuple[list[dict], dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Counts, and the mean of every numeric column over the ok rows (finite values only, with their count)."""
+    """Counts, and the mean of every numeric column over the ok rows (finite values only, with their count);
+    for PIE-Bench, also the means per editing type."""
     ok = [r for r in rows if r.get("status") == "ok"]
+    means, counts = _means(ok)
+    types = sorted({r["editing_type"] for r in ok if r.get("editing_type") is not None})
+    return {"items": len(rows), "ok": len(ok), "failed": sum(r.get("status") == "failed" for r in rows),
+            "means": means, "counts": counts,
+            "by_editing_type": {t: _means([r for r in ok if r.get("editing_type") == t])[0] for t in types}}
+
+
+def _means(rows: list[dict]) -> tuple[dict, dict]:
     means, counts = {}, {}
     skip = {"steps", "process", "unet_forward", "unet_backward"}
-    for key in dict.fromkeys(k for r in ok for k in r):
-        values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
                   and math.isfinite(r[key])]
         if values and key not in skip:
             means[key], counts[key] = float(np.mean(values)), len(values)
-    return {"items": len(rows), "ok": len(ok), "failed": sum(r.get("status") == "failed" for r in rows),
-            "means": means, "counts": counts}
+    return means, counts
 
 
 def _plain(row: dict) -> dict:
