@@ -174,12 +174,14 @@ def test_training_reduces_the_loss_and_resumes(tmp_path):
 
 def test_curriculum_plan_keeps_easy_to_hard_stages():
     scores = np.linspace(1.0, 0.0, 12)  # example 0 is the easiest
-    stages = curriculum_stages(scores, 3, shuffle_within=True, seed=0)
-    recipe = CaptionRecipe(steps=9, batch_size=2)
+    stages = curriculum_stages(scores, 3, shuffle_within=True, seed=0, schedule="reciprocal")  # 4, 6, 12
+    recipe = CaptionRecipe(steps=12, batch_size=2)
     plan = batch_plan(12, recipe, stages)
-    assert len(plan) == 9 and all(len(b) == 2 for b in plan)
-    assert set(np.concatenate(plan[:3])) <= set(range(4))  # stage 1: only the easiest third
-    assert set(np.concatenate(plan[3:6])) <= set(range(8))
+    assert len(plan) == 12 and all(len(b) == 2 for b in plan)
+    assert set(np.concatenate(plan[:4])) == set(range(4))  # stage 1: the easiest third, twice over
+    assert set(np.concatenate(plan[4:8])) == set(range(6))  # stage 2: the easiest half
+    last = np.concatenate(plan[8:])
+    assert set(range(6)) < set(last) and list(last[:6]) == list(stages[2][:6])  # all, still easy first
     shuffled = batch_plan(12, CaptionRecipe(steps=6, batch_size=2))
     assert sorted(np.concatenate(shuffled)) == list(range(12))  # one shuffled epoch: every example once
 
@@ -209,3 +211,20 @@ def test_bad_inputs_raise_input_error(tmp_path):
     with pytest.raises(InputError, match="not a finished captioner run"):
         train_captioner(tmp_path / "run", ShapesDataset(seed=0, n=4), CaptionRecipe(variant="enhanced"),
                         warmup=empty, progress=False)
+
+
+def test_cli_trains_a_captioner_and_rejects_unknown_variants(tmp_path):
+    from click.testing import CliRunner
+
+    from redraft.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(main, ["train", "captioner", "--variant", "vanilla", "--scenes", "8", "--steps", "4",
+                                  "--batch-size", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "captioner written to" in result.output
+    captioner = Captioner.load(out / "model")
+    assert captioner.head is None and len(captioner.caption(scenes(2)[0])) == 2
+    bad = runner.invoke(main, ["bench", "caption", "--variants", "vanilla,fancy", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "unknown variant" in bad.output

@@ -298,6 +298,28 @@ def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 
 
+@bench.command("caption")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated training seeds (2-3 for a spread).")
+@click.option("--variants", default="vanilla,enhanced", show_default=True,
+              help="comma-separated: vanilla, enhanced, vocabulary (BCE only), curriculum (curriculum only).")
+@click.option("--train", "n_train", default=2000, show_default=True, help="training scenes.")
+@click.option("--test", "n_test", default=300, show_default=True, help="held-out scenes to score.")
+@click.option("--steps", default=600, show_default=True, help="training steps of every run (batch 32).")
+@click.option("--noise", default=0.0, show_default=True, help="share of training prompts swapped for another scene's.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@friendly
+def bench_caption(seeds, variants, n_train, n_test, steps, noise, out_dir):
+    """Vanilla against enhanced BLIP (a small one, from scratch) on held-out shapes: exact prompt, cosine, attributes."""
+    from .bench import caption as b
+    from .describe.caption import CaptionRecipe
+
+    result = b.run(Path(out_dir), [int(s) for s in seeds.split(",")], variants.split(","), n_train=n_train,
+                   n_test=n_test, noise=noise, recipe=CaptionRecipe(steps=steps))
+    click.echo(b.table(result))
+    json_path, png_path = b.save(result, Path(out_dir))
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
 @main.group()
 def train():
     """Training."""
@@ -360,6 +382,37 @@ def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regre
         image_size=image_size, timestep=timestep, context=context, captioner=captioner, vocab_size=vocab_size,
         num_workers=workers)
     click.echo(f"describer written to {run(options, out_dir, keep_checkpoint=keep_checkpoint)}")
+
+
+@train.command("captioner")
+@click.option("--data", default="shapes", show_default=True,
+              help="'shapes', or a folder with prompts.csv / prompts.jsonl, or with DiffusionDB's part-*.zip files.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="work folder (the captioner is written to OUT/model); run again to resume after a stop.")
+@click.option("--base", default=None, help="a BLIP folder or hub id to fine-tune (default: a small BLIP from scratch).")
+@click.option("--variant", type=click.Choice(["vanilla", "enhanced", "vocabulary", "curriculum"]), default="enhanced",
+              show_default=True, help="enhanced = + vocabulary BCE + curriculum (the paper's); the others ablate.")
+@click.option("--warmup", default=None, type=click.Path(file_okay=False),
+              help="a finished vanilla run (its OUT folder) to take the curriculum from (default: train one first).")
+@click.option("--steps", default=600, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", type=float, default=None, help="default: 2e-3 from scratch, 1e-5 with --base.")
+@click.option("--bce-weight", default=0.1, show_default=True, help="weight of the vocabulary BCE (the paper's 0.1).")
+@click.option("--stages", default=3, show_default=True, help="curriculum stages.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--scenes", default=2000, show_default=True, help="shapes: training scenes.")
+@friendly
+def train_captioner(data, out_dir, base, variant, warmup, steps, batch_size, lr, bce_weight, stages, seed, scenes):
+    """Train a BLIP captioner that writes the prompt of an image (vanilla or enhanced)."""
+    from .describe.caption import CaptionRecipe, train_captioner as run
+    from .describe.data import open_pairs
+    from .describe.embed import SentenceEmbedder
+
+    recipe = CaptionRecipe(variant=variant, seed=seed, steps=steps, batch_size=batch_size, bce_weight=bce_weight,
+                           stages=stages, lr=lr if lr is not None else (1e-5 if base else 2e-3))
+    result = run(out_dir, open_pairs(data, seed=seed, n=scenes), recipe, base=base, warmup=warmup,
+                 embedder=SentenceEmbedder())
+    click.echo(f"captioner written to {result.folder} ({result.seconds / 60:.1f} min of training)")
 
 
 @main.command()

@@ -421,8 +421,8 @@ class CaptionRecipe:
     warmup_steps: int = 30
     bce_weight: float = 0.1  # the paper's weight of the classification term
     vocabulary_size: int = 1000
-    stages: int = 3  # curriculum stages: the easiest 1/S of the pairs, then 2/S, ..., then all
-    schedule: str = "linear"  # or "reciprocal" (1/S, 1/(S-1), ..., 1): see redraft.describe.curriculum
+    stages: int = 3  # curriculum stages: the easiest 1/S of the pairs, then 1/(S-1), ..., then all
+    schedule: str = "reciprocal"  # the reference's shares; "linear": k/S (see redraft.describe.curriculum)
     score_points: int = 5  # a vanilla run records per-example cosines this many times (the warm-up history)
     checkpoint_minutes: float = 3.0
     arch: TinyBlip = field(default_factory=TinyBlip)
@@ -442,7 +442,8 @@ class TrainResult:
     """A finished run: the model folder, its losses and, for vanilla runs, the per-example history."""
 
     folder: Path
-    seconds: float
+    seconds: float  # wall time of training (scoring passes included)
+    cpu_seconds: float  # this process's CPU time over the same span (the machine may be shared)
     losses: list[list[float]]  # [step, running loss]
     history: list[list[float]]  # [points, N] per-example cosines (vanilla runs; the curriculum's input)
 
@@ -536,7 +537,7 @@ def train_captioner(out_dir: str | Path, dataset, recipe: CaptionRecipe, *, base
                                  r.bce_weight if uses_head else None)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     ckpt = out_dir / "checkpoint.safetensors"
-    step, log = 0, {"losses": [], "history": [], "seconds": 0.0}
+    step, log = 0, {"losses": [], "history": [], "seconds": 0.0, "cpu_seconds": 0.0}
     if ckpt.exists():
         step, log = load_checkpoint(ckpt, modules, optimizer)
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -545,6 +546,7 @@ def train_captioner(out_dir: str | Path, dataset, recipe: CaptionRecipe, *, base
     record = score_steps(r) if r.variant == "vanilla" else set()
     embed = CachedEmbedder(embedder) if embedder is not None else None
     started, last_save, running = time.time() - log["seconds"], time.time(), None
+    cpu_started = time.process_time() - log["cpu_seconds"]
     bar = tqdm(total=r.steps, initial=step, desc=f"captioner ({r.variant})", disable=not progress)
     objective.train()
     while step < r.steps:
@@ -565,7 +567,7 @@ def train_captioner(out_dir: str | Path, dataset, recipe: CaptionRecipe, *, base
         if step in record:
             log["history"].append(_history_row(captioner, dataset, embed))
             objective.train()
-        log["seconds"] = time.time() - started
+        log["seconds"], log["cpu_seconds"] = time.time() - started, time.process_time() - cpu_started
         if step == r.steps or time.time() - last_save > 60 * r.checkpoint_minutes:
             save_checkpoint(ckpt, modules, optimizer, step, log)
             last_save = time.time()
@@ -583,7 +585,7 @@ def _finished(out_dir: Path) -> TrainResult | None:
     if not (out_dir / "model").is_dir() or not (out_dir / "log.json").is_file():
         return None
     log = json.loads((out_dir / "log.json").read_text())
-    return TrainResult(out_dir / "model", log["seconds"], log["losses"], log["history"])
+    return TrainResult(out_dir / "model", log["seconds"], log["cpu_seconds"], log["losses"], log["history"])
 
 
 def _pairs(dataset, rows) -> tuple[list, list[str]]:

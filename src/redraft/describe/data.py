@@ -310,3 +310,16 @@ class ShapesDataset(PairDataset):
 
     def describe_source(self, scene) -> str:
         return repr(scene)
+
+
+def open_pairs(data: str | Path, *, seed: int = 0, n: int = 2000) -> PairDataset:
+    """The reader a `--data` option names: "shapes" (n training scenes of the seed), a folder with
+    DiffusionDB's part-*.zip files, or a folder with prompts.csv / prompts.jsonl."""
+    if str(data) == "shapes":
+        return ShapesDataset(seed, n, "train")
+    folder = Path(data)
+    if not folder.is_dir():
+        raise InputError(f"--data {data}: not 'shapes' and not a folder; give a folder with prompts.csv / "
+                         "prompts.jsonl, or with DiffusionDB's part-*.zip files")
+    zips = [*folder.glob("part-*.zip"), *folder.glob("*/part-*.zip")]
+    return DiffusionDBDataset(folder) if zips else FolderDataset(folder)
