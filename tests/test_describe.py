@@ -275,7 +275,7 @@ def test_builtin_describer_on_unseen_scenes(builtin):
     cosine = torch.nn.functional.cosine_similarity(predicted, truth).mean().item()
     exact = sum(d.prompt == s.prompt() for d, s in zip(descriptions, scenes)) / len(scenes)
     assert cosine >= 0.9, cosine
-    assert exact >= 0.75, exact
+    assert exact >= 0.85, exact  # measured: 32 of 32 here, 99% of 1,000 scenes of this seed
     first = descriptions[0]
     assert first.prompt == first.neighbours[0][0] and len(first.neighbours) == 5
     assert all(p >= 0.5 for _, p in first.words) and first.words == sorted(first.words, key=lambda wp: -wp[1])
@@ -302,6 +302,9 @@ def test_cli_describe_json_and_bad_inputs(tmp_path):
     assert [x["image"] for x in lines] == paths
     assert all(len(x["embedding"]) == 384 and len(x["neighbours"]) == 3 for x in lines)
     assert sum(x["prompt"] == s.prompt() for x, s in zip(lines, scenes)) >= 1
+    r = CliRunner().invoke(main, ["--device", "cpu", "invert", paths[0], "--method", "ddim", "--steps", "2",
+                                  "-o", str(tmp_path / "inv.safetensors")])
+    assert r.exit_code == 0 and f"described as: {lines[0]['prompt']}" in r.output, r.output
     (tmp_path / "notes.txt").write_text("not an image")
     r = CliRunner().invoke(main, ["--device", "cpu", "describe", str(tmp_path / "notes.txt")])
     assert r.exit_code == 2 and "not an image" in r.output
