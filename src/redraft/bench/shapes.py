@@ -86,7 +86,7 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, *
                     for (kind, e), image in zip(swaps, images[1:]):
                         rows.setdefault(kind, []).append(kept(image, e.target))
                     if source_prompt == scene.prompt():
-                        rows["psnr"].append(psnr(world.render(scene), images[0]))
+                        rows["psnr"].append(psnr(editor.prepare(world.render(scene)), images[0]))
                 for kind, e in group:
                     if kind == "reweight":
                         factor = rng.choice([0.5, 2.0])
