@@ -318,3 +318,37 @@ def test_model_without_a_describer(editor, image):
         editor.describe(image)
     with pytest.raises(InputError, match="has no describer"):
         editor.invert(image, method="ddim", steps=2, progress=False)
+
+
+def latents_of(editor, steps: int = 3) -> torch.Tensor:
+    """Clean latents of one prompt from a fixed x_T, through the editor's U-Net (the one sampling loop)."""
+    from redraft.sampling import denoise
+
+    return denoise(editor.unet, editor.schedule(steps), editor.initial_noise(0), editor.embed(["a cat"]),
+                   editor.embed([""]), 7.5, progress=False)
+
+
+def test_tuned_encoder_switch(editor, vocabulary_and_bank):
+    """The discovery's switch: the describer's U-Net encoder replaces the model's from step 1 on, inside
+    the block only. An untouched copy changes nothing; a changed one changes the result, unless it only
+    starts after the last step."""
+    from redraft.describe.discovery import tuned_encoder
+
+    vocabulary, bank = vocabulary_and_bank
+    describer = Describer.build(UNetEncoder.from_pipeline(editor.pipeline), vocabulary, bank)
+    original = latents_of(editor)
+    with tuned_encoder(editor, describer):
+        assert torch.allclose(latents_of(editor), original, atol=1e-5)
+    with torch.no_grad():
+        for p in describer.backbone.mid_block.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    with tuned_encoder(editor, describer):
+        changed = latents_of(editor)
+    with tuned_encoder(editor, describer, from_step=3):
+        late = latents_of(editor)
+    assert (changed - original).abs().mean() > 0.01  # (the tiny U-Net's outputs are small: its conv_out is scaled by 0.1)
+    assert torch.allclose(late, original, atol=1e-5)
+    assert torch.equal(latents_of(editor), original)  # nothing changed outside the block
+    with pytest.raises(InputError, match="not a U-Net encoder"):
+        with tuned_encoder(editor, Describer.build(TransformersBackbone.create("resnet-tiny", 32), vocabulary, bank)):
+            pass

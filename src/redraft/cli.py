@@ -282,9 +282,10 @@ def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, ou
 
 @bench.command("describe")
 @click.option("-n", "count", default=256, show_default=True, help="held-out shapes scenes to describe.")
-@click.option("--train-size", default=6000, show_default=True, help="training scenes of every ablation row.")
-@click.option("--epochs", default=2, show_default=True, help="epochs of every ablation row.")
-@click.option("--rows", default=None, help="comma-separated rows (default: all): " + "shipped, regression, heads1, heads2, heads3, curriculum.")
+@click.option("--train-size", default=10000, show_default=True, help="training scenes of every ablation row.")
+@click.option("--epochs", default=3, show_default=True, help="epochs of every ablation row.")
+@click.option("--rows", default=None, help="comma-separated rows (default: all): shipped, regression, heads1, "
+              "heads2, heads3, curriculum, unet-frozen.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
@@ -318,6 +319,27 @@ def bench_caption(seeds, variants, n_train, n_test, steps, noise, out_dir):
     click.echo(b.table(result))
     json_path, png_path = b.save(result, Path(out_dir))
     click.echo(f"wrote {json_path} and {png_path}")
+
+
+@bench.command("discovery")
+@click.option("-n", "count", default=128, show_default=True, help="held-out prompts to generate.")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--from-step", default=1, show_default=True, help="first sampling step that uses the tuned encoder.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_discovery(ctx, count, steps, from_step, out_dir):
+    """The paper's discovery: generation accuracy with the model's U-Net encoder and with the fine-tuned
+    one of --describer (trained with --backbone unet --finetune)."""
+    from .bench import describe as b
+
+    if not ctx.obj.get("describer"):
+        raise InputError("give the describer whose U-Net encoder to try: redraft --describer FOLDER bench discovery")
+    result = b.discovery(editor_from(ctx), ctx.obj["describer"], count, steps=steps, from_step=from_step)
+    click.echo(b.discovery_table(result))
+    out = Path(out_dir) / "discovery.json"
+    b.save(result, Path(out_dir), name="discovery.json")
+    click.echo(f"wrote {out}")
 
 
 @main.group()

@@ -59,14 +59,16 @@ def evaluate(describer, scenes: list[world.Scene], embedder=None, batch_size: in
             **{a: float(np.mean(v)) for a, v in per.items()}, "n": len(scenes)}
 
 
-ROWS = ("shipped", "regression", "heads1", "heads2", "heads3", "curriculum")
-LABELS = {"shipped": "shipped describer", "regression": "regression only (config 3 heads, no BCE)",
+ROWS = ("shipped", "regression", "heads1", "heads2", "heads3", "curriculum", "unet-frozen")
+LABELS = {"shipped": "shipped (or --describer) describer", "regression": "regression only (no BCE, no re-rank)",
           "heads1": "+ words, heads config 1", "heads2": "+ words, heads config 2",
-          "heads3": "+ words, heads config 3", "curriculum": "+ words, config 3, + curriculum"}
+          "heads3": "+ words, heads config 3", "curriculum": "+ words, config 3, + curriculum",
+          "unet-frozen": "frozen U-Net encoder, MLP, config 1"}
 
 
 def row_options(row: str, train_size: int, epochs: int):
-    """The training options of an ablation row (all: resnet-tiny from scratch, the same seed and data)."""
+    """The training options of an ablation row: resnet-tiny from scratch (but "unet-frozen": the
+    built-in model's U-Net encoder, frozen, with 512-unit heads), the same seed, data and steps."""
     from ..describe.train import TrainOptions
 
     base = TrainOptions(data="shapes", backbone="resnet-tiny", train_size=train_size, epochs=epochs, lr=3e-3,
@@ -75,15 +77,17 @@ def row_options(row: str, train_size: int, epochs: int):
         return dataclasses.replace(base, words=False)
     if row in ("heads1", "heads2", "heads3"):
         return dataclasses.replace(base, heads=int(row[-1]))
-    if row == "curriculum":  # 3 stages (1/3, 1/2, all), one warm-up epoch: about the rows' budget
+    if row == "curriculum":  # 3 stages (1/3, 1/2, all) of one epoch after one warm-up epoch: about the rows' budget
         return dataclasses.replace(base, curriculum=3, warmup_epochs=1, epochs=max(1, epochs // 2))
+    if row == "unet-frozen":
+        return dataclasses.replace(base, backbone="unet", heads=1, lr=1e-3)
     raise ValueError(row)
 
 
-def run(describer: str | Path | None, n: int, *, train_size: int = 6000, epochs: int = 2,
+def run(describer: str | Path | None, n: int, *, train_size: int = 10000, epochs: int = 3,
         rows: list[str] | None = None, work: Path = Path("out/bench/describe-runs")) -> dict:
-    """Every row on the same n held-out scenes. Trained rows are kept in `work` and reused when their
-    folder is complete (delete it to retrain)."""
+    """Every row on the same n held-out scenes. Trained rows are kept in `work` (a folder per row and
+    size) and reused when complete (delete it to retrain)."""
     from ..describe.embed import SentenceEmbedder
     from ..describe.model import Describer
     from ..describe.train import train
@@ -106,7 +110,7 @@ def run(describer: str | Path | None, n: int, *, train_size: int = 6000, epochs:
             trained = Describer.load(folder)
             seconds = None
         else:
-            folder = work / row
+            folder = work / f"{row}-{train_size}x{epochs}"
             if not (folder / "model.safetensors").is_file():
                 train(row_options(row, train_size, epochs), folder, progress=True)
             trained = Describer.load(folder)
@@ -129,9 +133,36 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def save(result: dict, out_dir: Path) -> Path:
+def save(result: dict, out_dir: Path, name: str = "describe.json") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "describe.json"
+    path = out_dir / name
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return path
+
+
+def discovery(editor, describer_folder: str | Path, n: int = 128, steps: int = 50, from_step: int = 1) -> dict:
+    """The paper's discovery in the shapes world: generation accuracy (every named attribute read back
+    right, `redraft.bench.shapes.generation`: held-out prompts of all grammar forms, the same noise)
+    with the model's own U-Net, then with the describer's fine-tuned encoder from step `from_step` on."""
+    from ..describe.discovery import tuned_encoder
+    from ..describe.model import Describer
+    from . import shapes
+
+    describer = Describer.load(describer_folder)
+    before = shapes.generation(editor, n, steps=steps)
+    with tuned_encoder(editor, describer, from_step=from_step):
+        after = shapes.generation(editor, n, steps=steps)
+    return {"describer": str(describer_folder), "n": n, "steps": steps, "from_step": from_step,
+            "original": before, "tuned_encoder": after}
+
+
+def discovery_table(result: dict) -> str:
+    keys = [k for k in result["original"]]
+    lines = [f"generation of {result['n']} held-out prompts, {result['steps']} steps "
+             f"(share with every named attribute right, and per attribute)",
+             f"{'U-Net encoder':<28} " + " ".join(f"{k:>10}" for k in keys)]
+    for name in ("original", "tuned_encoder"):
+        label = "original" if name == "original" else f"fine-tuned, from step {result['from_step']}"
+        lines.append(f"{label:<28} " + " ".join(f"{result[name][k]:>10.1%}" for k in keys))
+    return "\n".join(lines)

@@ -31,7 +31,7 @@ def tuned_unet(unet, encoder: UNetEncoder):
     tuned = copy.copy(unet)  # a shallow copy shares every module; only the encoder parts are replaced
     tuned._modules = dict(unet._modules)
     for name in ENCODER_PARTS:
-        tuned._modules[name] = copy.deepcopy(getattr(encoder, name)).to(unet.device, unet.dtype)
+        tuned._modules[name] = copy.deepcopy(getattr(encoder, name)).to(unet.device, unet.dtype).requires_grad_(False)
     return tuned
 
 
