@@ -1,7 +1,7 @@
 """`redraft demo`: the whole job on the built-in shapes model, where the truth of every edit is known.
 
-A held-out scene (never seen in training) is inverted, reconstructed and edited five ways; every
-result is read back from its pixels and checked against the truth of the edit.
+A held-out scene (never seen in training) is described, inverted, reconstructed and edited five ways;
+every result is read back from its pixels and checked against the truth of the edit.
 """
 
 from __future__ import annotations
@@ -54,12 +54,17 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
     source_prompt = scene.prompt(size=False)
     image = world.render(scene)
     print(f"scene (held out from training): {scene.prompt()} at ({scene.cx}, {scene.cy})")
+    description = editor.describe(image)
+    print(f"described as: {description.prompt} ({'right' if description.prompt == scene.prompt() else 'WRONG'}); "
+          f"inverted with the size word left out, so that adding it is an edit")
 
     inversion = editor.invert(image, source_prompt, method=method)
     reconstruction = editor.reconstruct(inversion)
     vae = editor.decode(editor.encode([editor.prepare(image)]))[0]
     summary: dict = {
         "scene": asdict(scene), "source_prompt": source_prompt, "method": method,
+        "description": {"prompt": description.prompt, "right": description.prompt == scene.prompt(),
+                        "words": [[w, round(p, 3)] for w, p in description.words[:6]]},
         "inversion": {"seconds": round(inversion.cost.seconds, 2), "unet_forward": inversion.cost.unet_forward,
                       "unet_backward": inversion.cost.unet_backward},
         "psnr_reconstruction": round(psnr(editor.prepare(image), reconstruction), 2),
