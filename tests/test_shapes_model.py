@@ -36,13 +36,14 @@ def builtin():
     return redraft.load(device="cpu")
 
 
-def test_follows_its_prompts_far_above_chance(builtin):
-    """32 held-out full prompts at the default 50 steps and guidance 7.5, read back from the pixels.
+def test_follows_its_prompts(builtin):
+    """32 held-out full prompts at the default 50 steps and guidance 7.5, fixed seeds, read back from the pixels.
 
-    A model that ignored its text would get each attribute right by chance (size 1/2, colour 1/6,
-    shape 1/4, background 1/3: 40 of 128 readings expected); the bounds below have a binomial tail
-    under chance of less than 1e-4. (The issue's target, 90% of prompts with every attribute right,
-    is measured by `redraft bench shapes`; this model is not there yet: see docs/shapes-model.md.)
+    Chance (a model that ignored its text) gets size 1/2, colour 1/6, shape 1/4, background 1/3 right;
+    the shipped model reads back 31 / 30 / 13 / 32 of 32. The bounds below leave a few readings of
+    slack for platform differences and are out of reach of chance (binomial tails below 1e-6 for
+    size, colour and background). Shape is this model's weakness (docs/shapes-model.md): its bound
+    only asks for better than chance's 8.
     """
     import torch
 
@@ -55,5 +56,5 @@ def test_follows_its_prompts_far_above_chance(builtin):
                 progress=False)
     readings = [world.agrees(world.read(np.asarray(im)), p) for im, p in zip(builtin.decode(z), prompts)]
     right = {k: sum(r[k] for r in readings) for k in ("size", "color", "shape", "background")}
-    assert sum(right.values()) >= 60, right
-    assert right["color"] >= 15, right
+    assert right["size"] >= 27 and right["color"] >= 27 and right["background"] >= 29, right
+    assert right["shape"] >= 10, right
