@@ -378,6 +378,7 @@ def train_shapes_model(out_dir):
 @click.option("--epochs", default=4, show_default=True, help="epochs (with a curriculum: per stage).")
 @click.option("--batch-size", default=64, show_default=True, help="per device.")
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--backbone-lr", type=float, default=None, help="a trained backbone's learning rate (default: --lr).")
 @click.option("--weight-decay", default=0.01, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--train-size", default=20000, show_default=True, help="shapes: training scenes.")
@@ -392,7 +393,7 @@ def train_shapes_model(out_dir):
 @click.pass_context
 @friendly
 def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regression_only, curriculum, warmup_epochs,
-                    epochs, batch_size, lr, weight_decay, seed, train_size, image_size, timestep, context, captioner,
+                    epochs, batch_size, lr, backbone_lr, weight_decay, seed, train_size, image_size, timestep, context, captioner,
                     vocab_size, workers, keep_checkpoint):
     """Train a describer (image -> prompt); many GPUs: accelerate launch -m redraft.cli train describer ..."""
     from .describe.train import TrainOptions, train as run
@@ -400,7 +401,7 @@ def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regre
     options = TrainOptions(
         data=data, backbone=backbone, model=ctx.obj["model"], finetune=finetune, heads=int(heads), hidden=hidden,
         words=not regression_only, curriculum=curriculum, warmup_epochs=warmup_epochs, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, train_size=train_size,
+        batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay, seed=seed, train_size=train_size,
         image_size=image_size, timestep=timestep, context=context, captioner=captioner, vocab_size=vocab_size,
         num_workers=workers)
     click.echo(f"describer written to {run(options, out_dir, keep_checkpoint=keep_checkpoint)}")

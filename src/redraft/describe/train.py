@@ -64,6 +64,7 @@ class TrainOptions:
     epochs: int = 4  # passes over the data (with a curriculum: per stage)
     batch_size: int = 64  # per process
     lr: float = 1e-3
+    backbone_lr: float | None = None  # a trained backbone's learning rate (None: lr), e.g. lower to fine-tune
     weight_decay: float = 0.01
     seed: int = 0
     train_size: int = 20_000  # shapes: scenes of split "train"
@@ -86,8 +87,8 @@ class TrainOptions:
             raise InputError("curriculum must be 0 (off) or a number of stages, and warmup_epochs at least 1")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be between 0 and 1, not {self.val_fraction}")
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, not {self.lr}")
+        if self.lr <= 0 or (self.backbone_lr is not None and self.backbone_lr <= 0):
+            raise InputError(f"learning rates must be positive, not {self.lr} / {self.backbone_lr}")
         if self.backbone != "unet" and self.model is not None:
             raise InputError("--model is only used by the U-Net backbone (--backbone unet)")
         if (self.context == "caption") != (self.captioner is not None) or \
@@ -283,7 +284,11 @@ class Run:
                                  "val": self.precompute("val", self.val_split)}
         trained = describer if self.finetune else describer.heads
         params = [p for p in trained.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        groups = [{"params": [p for p in describer.heads.parameters()], "initial_lr": opts.lr}]
+        if self.finetune:
+            groups.append({"params": [p for p in describer.backbone.parameters() if p.requires_grad],
+                           "initial_lr": opts.backbone_lr or opts.lr})
+        optimizer = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
         model, optimizer = acc.prepare(trained, optimizer)
         loaders = [acc.prepare(self.loader(order, self.train_split, not self.finetune)) for order in self.plan]
         total = sum(len(loader) for loader in loaders)
@@ -304,7 +309,7 @@ class Run:
                     bar.update(1)
                     continue
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(self.step, total, opts.lr)
+                    group["lr"] = cosine_lr(self.step, total, group["initial_lr"])
                 embedding, logits = self.forward(model, "train", indices, pixels)
                 target = self.targets_of("train", indices)
                 loss, parts = joint_loss(embedding.float(), target, logits.float(),
