@@ -1,8 +1,8 @@
 """`redraft serve` driven in a real browser: headless Chromium (Debian's `chromium`) through Playwright.
 
 The server is the real command on the built-in model; the page is used as a person would: upload a
-shapes scene, describe it, invert and edit it in 10 steps, and fetch the edited picture and the
-inversion back. Skipped (with the reason) when Chromium or Playwright is missing, unless
+file that is not a picture (refused, in the page), then a shapes scene, describe it, invert and edit
+it in 10 steps, and fetch the edited picture and the inversion back. Skipped (with the reason) when Chromium or Playwright is missing, unless
 REDRAFT_REQUIRE_E2E=1 (CI), where that is a failure. Playwright never downloads a browser here.
 """
 
@@ -102,12 +102,19 @@ def test_upload_describe_edit_and_download_in_a_browser(server, tmp_path):
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
                 (server.rstrip("/"), "data:", "blob:")) else None)
             page.goto(server)
+            toast = page.locator(".toast-body")
+            not_a_picture = tmp_path / "notes.png"
+            not_a_picture.write_text("hello")
+            page.locator("#image input[type=file]").set_input_files(str(not_a_picture))
+            expect(toast.first).to_contain_text("not an image that can be read")  # checked on upload, said in the page
+            expect(page.locator("#image img")).to_have_count(0)  # and taken away
+            page.locator(".toast-close").first.click()
+            expect(toast).to_have_count(0)
+
             page.locator("#image input[type=file]").set_input_files(str(picture))
             expect(page.locator("#image img")).to_be_visible()
-
             page.click("#describe")
             prompt = page.locator("#prompt textarea")
-            toast = page.locator(".toast-body")
             deadline = time.monotonic() + 120
             while not prompt.input_value() and not toast.count() and time.monotonic() < deadline:
                 time.sleep(0.2)
