@@ -229,9 +229,20 @@ def attention(ctx, source, prompt, resolution, steps, output, force):
     click.echo(f"wrote {output} ({len(maps.words)} words, maps {maps.maps.shape[1]}x{maps.maps.shape[2]})")
 
 
-@main.group()
-def bench():
-    """Benchmarks: print a table, save JSON and a chart."""
+@main.group(invoke_without_command=True)
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench(ctx, out_dir):
+    """Benchmarks: print a table, save JSON and a chart. Alone: inversion, editing, generation and
+    describe, run small, in one summary table."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .bench import summary
+
+    result = summary.run(editor_from(ctx))
+    click.echo(summary.table(result))
+    click.echo("wrote " + ", ".join(str(p) for p in summary.save(result, Path(out_dir))))
 
 
 @bench.command("inversion")
@@ -476,23 +487,6 @@ def describe(ctx, images, k, as_json):
         if d.words:
             click.echo("  words: " + ", ".join(f"{w} {p:.2f}" for w, p in d.words))
         click.echo("  nearest: " + "; ".join(f"{t} ({c:.3f})" for t, c in d.neighbours))
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on (0.0.0.0: every network interface; anyone who reaches it can use it).")
-@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
-@click.pass_context
-@friendly
-def serve(ctx, host, port):
-    """A web page to describe, invert and edit images (needs: pip install 'redraft[app]')."""
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:
-        raise InputError("the web app needs Gradio: install it with pip install 'redraft[app]'.")
-    from .app import serve as run
-
-    run(editor_from(ctx), host=host, port=port)
 
 
 @main.command()
