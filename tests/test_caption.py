@@ -152,7 +152,7 @@ def test_training_reduces_the_loss_and_resumes(tmp_path):
     losses = [loss for _, loss in result.losses]
     assert losses[-1] < 0.5 * losses[0], losses  # the running loss at least halves in 40 steps
     assert np.asarray(result.history).shape == (2, 8)  # two scoring points x eight pairs, cosines in [0, 1]
-    assert all(0.0 <= c <= 1.0 + 1e-6 for row in result.history for c in row)
+    assert all(0.0 <= c <= 1.0 + 1e-3 for row in result.history for c in row)  # float16 embeddings
 
     # Resume: a finished checkpoint restores the weights exactly (the loop has nothing left to do).
     saved = Captioner.load(result.folder).model.state_dict()
@@ -175,13 +175,13 @@ def test_training_reduces_the_loss_and_resumes(tmp_path):
 def test_curriculum_plan_keeps_easy_to_hard_stages():
     scores = np.linspace(1.0, 0.0, 12)  # example 0 is the easiest
     stages = curriculum_stages(scores, 3, shuffle_within=True, seed=0, schedule="reciprocal")  # 4, 6, 12
-    recipe = CaptionRecipe(steps=12, batch_size=2)
-    plan = batch_plan(12, recipe, stages)
-    assert len(plan) == 12 and all(len(b) == 2 for b in plan)
-    assert set(np.concatenate(plan[:4])) == set(range(4))  # stage 1: the easiest third, twice over
-    assert set(np.concatenate(plan[4:8])) == set(range(6))  # stage 2: the easiest half
-    last = np.concatenate(plan[8:])
-    assert set(range(6)) < set(last) and list(last[:6]) == list(stages[2][:6])  # all, still easy first
+    recipe = CaptionRecipe(steps=11, batch_size=2)
+    plan = batch_plan(12, recipe, stages)  # steps in proportion to the stage sizes 4 : 6 : 12 -> 2, 3, 6
+    assert len(plan) == 11 and all(len(b) == 2 for b in plan)
+    assert set(np.concatenate(plan[:2])) == set(range(4))  # stage 1: the easiest third
+    assert set(np.concatenate(plan[2:5])) == set(range(6))  # stage 2: the easiest half
+    last = np.concatenate(plan[5:])
+    assert sorted(last) == list(range(12)) and list(last) == list(stages[2])  # all, in easy-to-hard order
     shuffled = batch_plan(12, CaptionRecipe(steps=6, batch_size=2))
     assert sorted(np.concatenate(shuffled)) == list(range(12))  # one shuffled epoch: every example once
 

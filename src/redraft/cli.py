@@ -311,7 +311,8 @@ def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
 
 
 @bench.command("caption")
-@click.option("--seeds", default="0", show_default=True, help="comma-separated training seeds (2-3 for a spread).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated training seeds (the spread "
+              "between seeds is large: keep several).")
 @click.option("--variants", default="vanilla,enhanced", show_default=True,
               help="comma-separated: vanilla, enhanced, vocabulary (BCE only), curriculum (curriculum only).")
 @click.option("--train", "n_train", default=2000, show_default=True, help="training scenes.")

@@ -8,8 +8,11 @@ tower") and a BERT-style text decoder that cross-attends to the image tokens. Tw
 - vanilla: the captioning loss only, next-token cross-entropy of the prompt given the image;
 - enhanced: the same loss + `bce_weight` x BCE of a linear vocabulary head on the vision tower's
   pooled output (the paper's 0.1 x BCE term of its loss), on a curriculum: a first (warm-up) run
-  records per-example cosine similarities, `redraft.describe.curriculum` turns them into
-  easy-to-hard stages, and the run trains on the easiest share first, then more, then all.
+  records per-example cosine similarities between the embeddings of its caption and the prompt,
+  `redraft.describe.curriculum` turns them into easy-to-hard stages, and the run trains on the
+  easiest share first, then more, then all.
+
+Two ablations take one addition each: "vocabulary" (the BCE term only), "curriculum" (only that).
 
 Real BLIP weights load by hub id or folder (safetensors only). Without them, `Captioner.from_scratch`
 builds a small BLIP of the same architecture with a WordPiece tokenizer over a fixed word list; the
@@ -276,22 +279,19 @@ class Captioner:
 
     def pixels(self, images) -> torch.Tensor:
         """Images (one or a list) -> normalised pixel values on the model's device."""
-        if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise InputError("no images given: pass an image or a list of images")
-        return self.transform(images).to(self.device)
+        return self.transform(_image_list(images)).to(self.device)
 
     @torch.no_grad()
     def caption(self, images, max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 64) -> list[str]:
-        """The prompt of each image (greedy decoding by default: the same image gives the same text)."""
-        pixel_values = self.pixels(images)
+        """The prompt of each image (greedy decoding by default: the same image gives the same text).
+        Images are read and preprocessed a batch at a time."""
+        images = _image_list(images)
         was_training = self.model.training
         self.model.eval()
         max_new_tokens = min(max_new_tokens, self.max_length - 1)
         out = []
-        for start in range(0, len(pixel_values), batch_size):
-            ids = self.model.generate(pixel_values=pixel_values[start:start + batch_size], do_sample=False,
+        for start in range(0, len(images), batch_size):
+            ids = self.model.generate(pixel_values=self.pixels(images[start:start + batch_size]), do_sample=False,
                                       num_beams=num_beams, max_new_tokens=max_new_tokens)
             out += [" ".join(t.split()) for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         self.model.train(was_training)
@@ -348,6 +348,15 @@ class CaptionObjective(nn.Module):
         return enhanced_loss(lm, self.head(vision.pooler_output), multi_hot, self.bce_weight), lm.detach()
 
 
+def _image_list(images) -> list:
+    """One image or a list of them, as a non-empty list."""
+    if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise InputError("no images given: pass an image or a list of images")
+    return list(images)
+
+
 def _check_source(source) -> Path | None:
     """The folder `source` names (checked: config.json and safetensors weights), or None for a hub id."""
     path = Path(str(source)).expanduser()
@@ -385,7 +394,8 @@ def _read_json(source, name: str) -> dict | None:
 
 
 class CachedEmbedder:
-    """A `SentenceEmbedder` that embeds each distinct text once (captions and prompts repeat a lot)."""
+    """A `SentenceEmbedder` that embeds each distinct text once (captions and prompts repeat a lot;
+    kept in float16: 768 bytes a text)."""
 
     def __init__(self, embedder):
         self.embedder, self.cache = embedder, {}
@@ -393,8 +403,8 @@ class CachedEmbedder:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         new = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if new:
-            self.cache.update(zip(new, self.embedder.encode(new)))
-        return torch.stack([self.cache[t] for t in texts])
+            self.cache.update(zip(new, self.embedder.encode(new).half()))
+        return torch.stack([self.cache[t] for t in texts]).float()
 
 
 def caption_cosines(captioner: Captioner, images: list, prompts: list[str], embed: CachedEmbedder,
@@ -457,20 +467,22 @@ def lr_at(step: int, r: CaptionRecipe) -> float:
 def batch_plan(n: int, r: CaptionRecipe, stages: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """The example indices of every step, fixed in advance (so a resumed run sees the same batches).
 
-    Without stages: shuffled epochs over all n examples. With curriculum stages: the steps are split
-    evenly over the stages; each stage passes over its indices in their easy-to-hard order, again
-    and again, never shuffled across blocks.
+    Without stages: shuffled epochs over all n examples. With curriculum stages: each stage gets a
+    share of the steps in proportion to its size (as training every stage for the same number of
+    epochs does, the reference's way, here within the same step budget as a run without stages),
+    and passes over its indices in their easy-to-hard order, again and again.
     """
     rng = np.random.default_rng(r.seed)
     if stages is None:
         passes = [rng.permutation(n) for _ in range(-(-r.steps * r.batch_size // n) + 1)]
         flat = np.concatenate(passes)
         return [flat[i * r.batch_size:(i + 1) * r.batch_size] for i in range(r.steps)]
+    sizes = np.array([len(order) for order in stages], dtype=np.float64)
+    bounds = [0, *(round(r.steps * c) for c in np.cumsum(sizes) / sizes.sum())]
     plan = []
-    for k, order in enumerate(stages):
-        steps = r.steps // len(stages) + (r.steps % len(stages) if k == len(stages) - 1 else 0)
-        flat = np.resize(order, steps * r.batch_size)  # repeats `order` as often as needed
-        plan += [flat[i * r.batch_size:(i + 1) * r.batch_size] for i in range(steps)]
+    for order, start, end in zip(stages, bounds, bounds[1:]):
+        flat = np.resize(order, (end - start) * r.batch_size)  # repeats `order` as often as needed
+        plan += [flat[i * r.batch_size:(i + 1) * r.batch_size] for i in range(end - start)]
     return plan
 
 
@@ -487,9 +499,10 @@ def train_captioner(out_dir: str | Path, dataset, recipe: CaptionRecipe, *, base
 
     `base`: a BLIP folder or hub id to fine-tune; without it a `TinyBlip` is built from scratch with
     a tokenizer over `words` (default: the words of the training prompts). Vanilla runs record the
-    per-example cosine history (needs `embedder`, a `SentenceEmbedder`). Enhanced runs take their
-    curriculum from the history of a vanilla run: `warmup` (a finished run's folder), or else one
-    trained first into `out_dir/warmup` with the same recipe, as the paper's first run.
+    per-example cosine history (needs `embedder`, a `SentenceEmbedder`). Runs with a curriculum
+    (enhanced, curriculum) take it from the history of a vanilla run: `warmup` (a finished run's
+    folder), or else one trained first into `out_dir/warmup` with the same recipe, as the paper's
+    first run.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
