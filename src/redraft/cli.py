@@ -295,8 +295,8 @@ def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, ou
 @click.option("-n", "count", default=256, show_default=True, help="held-out shapes scenes to describe.")
 @click.option("--train-size", default=10000, show_default=True, help="training scenes of every ablation row.")
 @click.option("--epochs", default=3, show_default=True, help="epochs of every ablation row.")
-@click.option("--rows", default=None, help="comma-separated rows (default: all): shipped, regression, heads1, "
-              "heads2, heads3, curriculum, unet-frozen.")
+@click.option("--rows", default=None, help="comma-separated rows (default: all but the last): shipped, regression, "
+              "heads1, heads2, heads3, curriculum, unet-frozen, curriculum-shuffled.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
