@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..image import ImageLike, load_image
 from .curriculum import curriculum_stages, difficulty_scores
@@ -620,40 +621,3 @@ def _history_row(captioner: Captioner, dataset, embed: CachedEmbedder, batch_siz
         row += [next(it) if p is not None else 0.0 for p in pairs]
     return row
 
-
-# --- Checkpoints (safetensors: modules, optimizer state and progress in one file) ------------------
-
-
-def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, step: int, log: dict) -> None:
-    """Write the modules' weights, the optimizer's state and the log atomically. Tensors are cloned,
-    since safetensors refuses tensors that share memory (BLIP ties its output layer to the embeddings)."""
-    from safetensors.torch import save_file
-
-    tensors = {f"{name}.{k}": v.detach().cpu().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
-    state = optimizer.state_dict()
-    for idx, s in state["state"].items():
-        for k, v in s.items():
-            tensors[f"optimizer.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
-    meta = {"step": str(step), "log": json.dumps(log), "param_groups": json.dumps(state["param_groups"])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer) -> tuple[int, dict]:
-    """Restore what `save_checkpoint` wrote; returns (step, log)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
-    for k, v in tensors.items():
-        if k.startswith("optimizer."):
-            _, idx, name = k.split(".", 2)
-            state["state"].setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict(state)
-    return int(meta["step"]), json.loads(meta["log"])

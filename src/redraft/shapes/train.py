@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
 from . import world
 from .tokenizer import build_tokenizer
 
@@ -127,36 +128,6 @@ def build_unet(r: Recipe):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, modules: dict, optimizer, step: int, extra: dict) -> None:
-    """Modules, optimizer state and progress in one safetensors file, written atomically."""
-    tensors = {f"{name}.{k}": v.detach().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
-    state = optimizer.state_dict()
-    for idx, s in state["state"].items():
-        for k, v in s.items():
-            tensors[f"optimizer.{idx}.{k}"] = torch.as_tensor(v).clone()
-    meta = {"step": str(step), "extra": json.dumps(extra), "param_groups": json.dumps(state["param_groups"])}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path, modules: dict, optimizer) -> tuple[int, dict]:
-    from safetensors import safe_open
-
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
-    for k, v in tensors.items():
-        if k.startswith("optimizer."):
-            _, idx, name = k.split(".", 2)
-            state["state"].setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict(state)
-    return int(meta["step"]), json.loads(meta["extra"])
 
 
 class Checkpointer:
@@ -452,10 +423,7 @@ def plot_training(out: Path) -> None:
     if (work / "unet_log.json").exists():
         unet_log = json.loads((work / "unet_log.json").read_text())
     else:
-        from safetensors import safe_open
-
-        with safe_open(str(work / "unet.ckpt"), "pt") as f:
-            unet_log = json.loads(f.metadata()["extra"])
+        unet_log = checkpoint_log(work / "unet.ckpt")
     axes[0].plot(*zip(*vae_log["psnr"]))
     axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
     axes[1].plot(*zip(*unet_log["loss"]))

@@ -1,0 +1,52 @@
+"""Training checkpoints: modules, optimizer state and progress in one safetensors file, written atomically.
+
+Used by every trainer here (the shapes model, the captioner), so that a run stopped at any point resumes
+where its last checkpoint was. No pickle: the optimizer's tensors are tensors, the rest is JSON metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, step: int, log: dict) -> None:
+    """Write the modules' weights, the optimizer's state, the step and the log. Tensors are cloned, since
+    safetensors refuses tensors that share memory (BLIP ties its output layer to its embeddings)."""
+    tensors = {f"{name}.{k}": v.detach().cpu().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
+    state = optimizer.state_dict()
+    for idx, s in state["state"].items():
+        for k, v in s.items():
+            tensors[f"optimizer.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().clone()
+    meta = {"step": str(step), "log": json.dumps(log), "param_groups": json.dumps(state["param_groups"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer) -> tuple[int, dict]:
+    """Restore what `save_checkpoint` wrote into `modules` and `optimizer`; returns (step, log)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+    state: dict = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+    for k, v in tensors.items():
+        if k.startswith("optimizer."):
+            _, idx, name = k.split(".", 2)
+            state["state"].setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict(state)
+    return int(meta["step"]), json.loads(meta["log"])
+
+
+def checkpoint_log(path: Path) -> dict:
+    """The log stored in a checkpoint, without loading its tensors."""
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["log"])
