@@ -15,10 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
-def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, step: int, log: dict) -> None:
-    """Write the modules' weights, the optimizer's state, the step and the log. Tensors are cloned, since
-    safetensors refuses tensors that share memory (BLIP ties its output layer to its embeddings)."""
+def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, step: int, log: dict,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the modules' weights, the optimizer's state, the step, the log and any `extra` tensors
+    (read back by `checkpoint_extra`). Tensors are cloned, since safetensors refuses tensors that share
+    memory (BLIP ties its output layer to its embeddings)."""
     tensors = {f"{name}.{k}": v.detach().cpu().clone() for name, m in modules.items() for k, v in m.state_dict().items()}
+    tensors |= {f"extra.{k}": v.detach().cpu().clone() for k, v in (extra or {}).items()}
     state = optimizer.state_dict()
     for idx, s in state["state"].items():
         for k, v in s.items():
@@ -44,6 +47,12 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer) 
             state["state"].setdefault(int(idx), {})[name] = v
     optimizer.load_state_dict(state)
     return int(meta["step"]), json.loads(meta["log"])
+
+
+def checkpoint_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The `extra` tensors saved with a checkpoint."""
+    with safe_open(str(path), "pt") as f:
+        return {k.removeprefix("extra."): f.get_tensor(k) for k in f.keys() if k.startswith("extra.")}
 
 
 def checkpoint_log(path: Path) -> dict:

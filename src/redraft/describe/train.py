@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints import checkpoint_extra, load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..files import atomic_path
 from . import data as readers
@@ -342,41 +343,17 @@ class Run:
     # ------------------------------------------------------------------ checkpoints (safetensors)
 
     def save_checkpoint(self, optimizer) -> None:
-        from safetensors.torch import save_file
-
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.describer.state_dict().items()}
-            state = optimizer.state_dict()
-            for index, values in state["state"].items():
-                for key, value in values.items():
-                    tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-            tensors["history"] = self.history.contiguous()
-            metadata = {"step": str(self.step), "param_groups": json.dumps(state["param_groups"]),
-                        "log": json.dumps(self.log)}
-            with atomic_path(self.checkpoint) as tmp:
-                save_file(tensors, tmp, metadata=metadata)
+            save_checkpoint(self.checkpoint, {"model": self.describer}, optimizer, self.step, self.log,
+                            extra={"history": self.history})
             write_log(self.work, self.log, self.name)
         acc.wait_for_everyone()
 
     def load_checkpoint(self, optimizer) -> None:
-        from safetensors import safe_open
-
-        with safe_open(self.checkpoint, framework="pt") as f:
-            metadata = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-        self.describer.load_state_dict(model_state, strict=True)
-        state: dict = {"state": {}, "param_groups": json.loads(metadata["param_groups"])}
-        for k, v in tensors.items():
-            if k.startswith("optimizer."):
-                _, index, key = k.split(".", 2)
-                state["state"].setdefault(int(index), {})[key] = v
-        optimizer.load_state_dict(state)
-        self.history = tensors["history"]
-        self.step = int(metadata["step"])
-        self.log = json.loads(metadata["log"])
+        self.step, self.log = load_checkpoint(self.checkpoint, {"model": self.describer}, optimizer)
+        self.history = checkpoint_extra(self.checkpoint)["history"]
 
 
 # --- the whole job ---------------------------------------------------------------------------------
