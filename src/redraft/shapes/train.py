@@ -64,6 +64,11 @@ class Recipe:
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
+    # Then one warm restart (SGDR, Loshchilov & Hutter 2017): a second cosine cycle on the same weights and
+    # optimiser state. The first cycle's figures flattened as its learning rate decayed, loss still falling.
+    unet_restart_steps: int = 3500
+    unet_restart_lr: float = 5e-4
+    unet_restart_warmup: int = 100
     min_snr_gamma: float = 5.0
     p_empty: float = 0.1
     p_size: float = 0.7
@@ -300,6 +305,14 @@ def loss_weights(alphas: torch.Tensor, r: Recipe) -> torch.Tensor:
     return torch.clamp(snr + 1, max=r.min_snr_gamma + 1) / (snr + 1)
 
 
+def unet_lr(step: int, r: Recipe) -> float:
+    """Linear warm-up then cosine decay to 0, over the first cycle (`unet_steps`) and again over the restart."""
+    peak, warmup, s, n = r.unet_lr, r.unet_warmup, step, r.unet_steps
+    if step >= r.unet_steps:
+        peak, warmup, s, n = r.unet_restart_lr, r.unet_restart_warmup, step - r.unet_steps, r.unet_restart_steps
+    return peak * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / n))
+
+
 def train_unet(out: Path, r: Recipe) -> None:
     work = out / "work"
     done = work / "unet_ema.safetensors"
@@ -328,9 +341,10 @@ def train_unet(out: Path, r: Recipe) -> None:
     alphas = torch.tensor(alphas_cumprod())
     weights = loss_weights(alphas, r)
     ids = PromptIds(tokenizer)
-    bar = tqdm(total=r.unet_steps, initial=step, desc="unet")
+    total = r.unet_steps + r.unet_restart_steps
+    bar = tqdm(total=total, initial=step, desc="unet")
     started, running = time.time() - log["seconds"], None
-    while step < r.unet_steps:
+    while step < total:
         g = torch.Generator().manual_seed(r.seed * 1_000_003 + step)
         rng = random.Random(f"unet-{r.seed}-{step}")
         idx = torch.randint(len(scenes), (r.unet_batch,), generator=g)
@@ -341,9 +355,8 @@ def train_unet(out: Path, r: Recipe) -> None:
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if r.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         context = text_encoder(ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()]))[0]
-        lr = r.unet_lr * min(1.0, (step + 1) / r.unet_warmup) * 0.5 * (1 + math.cos(math.pi * step / r.unet_steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = unet_lr(step, r)
         pred = unet(zt, t, context).sample
         loss = (weights[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -360,13 +373,13 @@ def train_unet(out: Path, r: Recipe) -> None:
         if step % r.log_every == 0:
             log["loss"].append([step, running])
             bar.set_postfix(loss=f"{running:.4f}")
-        if step % r.eval_every == 0 or step == r.unet_steps:
+        if step % r.eval_every == 0 or step == total:
             vae = build_vae(r)
             vae.load_state_dict(load_file(str(work / "vae.safetensors")))
             acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling, r.prediction_type)
             log["accuracy"].append([step, acc])
             tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
-        ckpt.maybe(step == r.unet_steps, modules, opt, step, log)
+        ckpt.maybe(step in (r.unet_steps, total), modules, opt, step, log)
     save_file({k: v.contiguous() for k, v in ema_unet.state_dict().items()}, str(done))
     save_file({k: v.contiguous() for k, v in ema_text.state_dict().items()}, str(work / "text_ema.safetensors"))
     (work / "unet_log.json").write_text(json.dumps(log))
