@@ -4,7 +4,7 @@
 
 An experiment, not API: it reaches into `Editor._p2p` and `edit.plan` to try controls redraft does not
 offer (keeping every branch on the source's pivots for the first steps; self-attention injected at
-every resolution). Prints, for seed 5, where the object lands when one word changes, then the share of
+every resolution; the source prompt's embeddings in the coarse cross-attention layers of the edits). Prints, for seed 5, where the object lands when one word changes, then the share of
 word swaps right (`redraft.bench.shapes.kept`) over negative-prompt inversions of held-out scenes.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import redraft
+import redraft.attention as attention_module
 import redraft.editor as editor_module
 from redraft.bench.shapes import SEED, kept
 from redraft.edit import Controls
@@ -27,9 +28,27 @@ from redraft.shapes import world
 SWAPS = ("color", "shape", "size", "background")
 
 
-def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, **controls):
-    """`Editor.edit` with two extra knobs: the first `skip` steps of every branch are the source's
-    pivots, and `self_everywhere` lifts P2P's limit of self-attention injection to 1/4 resolution."""
+def source_text_below(max_pixels: int):
+    """Make every edit branch read the source prompt in cross-attention layers of at most `max_pixels`."""
+    call = attention_module.ControlProcessor.__call__
+
+    def patched(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        rows = self.control.cond_rows
+        pixels = hidden_states.shape[-1] * hidden_states.shape[-2] if hidden_states.ndim == 4 else hidden_states.shape[1]
+        if encoder_hidden_states is not None and pixels <= max_pixels and rows.stop - rows.start > 1:
+            encoder_hidden_states = encoder_hidden_states.clone()
+            encoder_hidden_states[rows.start + 1:rows.stop] = encoder_hidden_states[rows.start]
+        return call(self, attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+    attention_module.ControlProcessor.__call__ = patched
+    return call
+
+
+def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, source_below: int = 0, **controls):
+    """`Editor.edit` with three extra knobs: the first `skip` steps of every branch are the source's
+    pivots, `self_everywhere` lifts P2P's limit of self-attention injection to 1/4 resolution, and
+    `source_below` > 0 gives the edits the source prompt in cross-attention layers of that many pixels
+    or fewer (their own prompt only in the finer ones)."""
     prompts = [inv.prompt, *targets]
     b = len(prompts)
     cond = torch.cat([inv.prompt_embedding[None], ed.embed(targets)])
@@ -39,7 +58,7 @@ def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, **
     def on_pivots(i, z):
         return inv.pivots[i + 1][None].expand_as(z).clone() if i < skip else None
 
-    plan = editor_module.plan
+    plan, call = editor_module.plan, source_text_below(source_below) if source_below else None
     if self_everywhere:
         editor_module.plan = lambda *a, **k: dataclasses.replace(plan(*a, **k), self_max_pixels=10**9)
     try:
@@ -47,6 +66,8 @@ def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, **
                     False, "editing")
     finally:
         editor_module.plan = plan
+        if call is not None:
+            attention_module.ControlProcessor.__call__ = call
     return ed.decode(z)
 
 
@@ -64,19 +85,20 @@ def main() -> None:
         print(f"seed 5, {name:<12}", "  ".join(f"{r.color} {r.shape} on {r.background} at ({r.cx:.0f}, {r.cy:.0f})"
                                                   for r in readings))
 
-    configs = {  # name: (guidance, skip, self_everywhere, controls)
-        "P2P default (cross 0.8, self 0.4)": (7.5, 0, False, {}),
-        "guidance 1.5": (1.5, 0, False, {}),
-        "first 30 of 50 steps on the pivots": (7.5, 30, False, {}),
-        "all attention injected at every step": (7.5, 0, True, dict(cross_replace_steps=1.0, self_replace_steps=1.0)),
+    configs = {  # name: (guidance, skip, self_everywhere, source_below, controls)
+        "P2P default (cross 0.8, self 0.4)": (7.5, 0, False, 0, {}),
+        "guidance 1.5": (1.5, 0, False, 0, {}),
+        "first 30 of 50 steps on the pivots": (7.5, 30, False, 0, {}),
+        "all attention injected at every step": (7.5, 0, True, 0, dict(cross_replace_steps=1.0, self_replace_steps=1.0)),
+        "target prompt only in the finest layers": (7.5, 0, False, 64, {}),
     }
     right = {name: {k: [] for k in SWAPS} for name in configs}
     for k, scene in enumerate(world.scenes(SEED + 1, args.scenes, split="test")):
         rng = random.Random(k)
         edits = [world.random_edit(scene, kind, rng) for kind in SWAPS]
         inv = ed.invert(world.render(scene), scene.prompt(), method="negative-prompt", progress=False)
-        for name, (guidance, skip, everywhere, controls) in configs.items():
-            images = edit(ed, inv, [e.target_prompt for e in edits], guidance, skip, everywhere, **controls)
+        for name, (guidance, skip, everywhere, below, controls) in configs.items():
+            images = edit(ed, inv, [e.target_prompt for e in edits], guidance, skip, everywhere, below, **controls)
             for e, image in zip(edits, images[1:]):
                 right[name][e.kind].append(kept(image, e.target))
     print(f"\nword swaps right over {args.scenes} negative-prompt inversions")
