@@ -23,6 +23,7 @@ import redraft.editor as editor_module
 from redraft.bench.shapes import SEED, kept
 from redraft.edit import Controls
 from redraft.editor import per_step_nulls
+from redraft.sampling import denoise
 from redraft.shapes import world
 
 SWAPS = ("color", "shape", "size", "background")
@@ -94,6 +95,30 @@ def main() -> None:
             r = [world.read(np.asarray(im)) for im in images]
             moved += [float(np.hypot(a.cx - r[0].cx, a.cy - r[0].cy)) for a in r[1:]]
         print(f"guidance {guidance}: {np.median(moved):.1f} px; {np.mean(np.array(moved) <= 3):.0%} within 3 px")
+
+    print("\nthe same, with the targets' embeddings partly the source's: where the prompt is read")
+    tokenizer = ed.pipeline.tokenizer
+    prompts = [source, *targets]
+    plain = ed.embed(prompts)
+    n_words = len(tokenizer(source).input_ids)  # BOS, the words, EOS; padding after
+    ids = [tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length).input_ids for p in prompts]
+    only_swapped = plain.clone()
+    for j in range(1, len(prompts)):
+        same = torch.tensor([a == b for a, b in zip(ids[0], ids[j])])
+        only_swapped[j][same] = plain[0][same]
+    padding_from_source = plain.clone()
+    padding_from_source[1:, n_words:] = plain[0, n_words:]
+    for name, embeddings in (("plain", plain), ("padding tokens from the source", padding_from_source),
+                             ("only the swapped token differs", only_swapped)):
+        moved, right = [], []
+        for seed in range(5, 21):
+            x_T = ed.initial_noise(seed).expand(len(prompts), -1, -1, -1)
+            z = denoise(ed.unet, ed.schedule(50), x_T, embeddings, ed.embed([""] * len(prompts)), 7.5, progress=False)
+            r = [world.read(np.asarray(im)) for im in ed.decode(z)]
+            moved += [float(np.hypot(a.cx - r[0].cx, a.cy - r[0].cy)) for a in r[1:]]
+            right += [all(world.agrees(a, p).values()) for a, p in zip(r[1:], prompts[1:])]
+        print(f"{name:<32} moved {np.median(moved):.1f} px, {np.mean(np.array(moved) <= 3):.0%} within 3 px; "
+              f"targets drawn right {np.mean(right):.0%}")
 
     configs = {  # name: (guidance, skip, self_everywhere, source_below, controls)
         "P2P default (cross 0.8, self 0.4)": (7.5, 0, False, 0, {}),
