@@ -73,3 +73,30 @@ def test_unet_learning_rate_restarts_once():
     assert unet_lr(1000, r) == pytest.approx(4e-4 / 50)  # the restart warms up again
     assert unet_lr(1049, r) == pytest.approx(4e-4 * 0.5 * (1 + np.cos(np.pi * 49 / 500)))
     assert unet_lr(1250, r) == pytest.approx(2e-4) and unet_lr(1499, r) < 1e-8
+
+
+def test_a_recipe_with_16_token_positions_makes_a_working_pipeline(tmp_path):
+    """`Recipe.text_positions` reaches tokenizer, text encoder and training ids, and redraft edits such a
+    model (word swap, re-weighting, attention maps) with 16-token prompts, as any SD folder."""
+    import torch
+
+    from redraft.errors import InputError
+    from redraft.shapes.train import PromptIds, Recipe, assemble, build_text_encoder, build_unet, build_vae, words
+    from redraft.shapes.tokenizer import build_tokenizer
+
+    r = Recipe(text_positions=16, text_width=32, text_layers=1)
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(words(), tmp_path / "tokenizer", r.text_positions)
+    text_encoder = build_text_encoder(r, tokenizer)
+    assert tokenizer.model_max_length == 16 and text_encoder.config.max_position_embeddings == 16
+    assert PromptIds(tokenizer)(["a small red circle on a white background"]).shape == (1, 16)
+    assemble(r, tokenizer, build_vae(r), build_unet(r), text_encoder).save_pretrained(tmp_path / "model")
+
+    editor = redraft.load(str(tmp_path / "model"), device="cpu")
+    assert editor.embed(["a red circle"]).shape == (1, 16, 32)
+    source, target = "a red circle on a white background", "a blue circle on a white background"
+    images = editor.generate([source, target], steps=3, progress=False, reweight={"blue": 2.0})
+    assert len(images) == 2 and images[1].size == (world.CANVAS, world.CANVAS)
+    assert editor.last_attention.cross_maps().shape[-1] == 16
+    with pytest.raises(InputError, match="16"):
+        editor.generate("a red circle " * 6, steps=2, progress=False)

@@ -54,6 +54,10 @@ class Recipe:
     # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).
     text_width: int = 128
     text_layers: int = 4
+    # Token positions of tokenizer and text encoder (CLIP's 77). The shipped model reads its prompts
+    # mostly from the padding tokens (docs/shapes-model.md), which defeats word-level editing; the
+    # prompts need at most 11, so fewer positions is the first thing to try.
+    text_positions: int = 77
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_layers_per_block: int = 1
@@ -112,7 +116,7 @@ def build_text_encoder(r: Recipe, tokenizer):
 
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=r.text_width, intermediate_size=4 * r.text_width,
-        num_hidden_layers=r.text_layers, num_attention_heads=4, max_position_embeddings=77,
+        num_hidden_layers=r.text_layers, num_attention_heads=4, max_position_embeddings=r.text_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -244,7 +248,8 @@ class PromptIds:
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         for p in prompts:
             if p not in self.cache:
-                self.cache[p] = self.tokenizer(p, padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+                self.cache[p] = self.tokenizer(p, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                               return_tensors="pt").input_ids[0]
         return torch.stack([self.cache[p] for p in prompts])
 
 
@@ -318,7 +323,7 @@ def train_unet(out: Path, r: Recipe) -> None:
     done = work / "unet_ema.safetensors"
     if done.exists():
         return
-    tokenizer = build_tokenizer(words(), work / "tokenizer")
+    tokenizer = build_tokenizer(words(), work / "tokenizer", r.text_positions)
     data = load_file(str(work / "latents.safetensors"))["latents"]
     from safetensors import safe_open
 
@@ -394,13 +399,23 @@ def alphas_cumprod() -> list[float]:
 # ----------------------------------------------------------------------------- export
 
 
+def assemble(r: Recipe, tokenizer, vae, unet, text_encoder):
+    """The components as a StableDiffusionPipeline of SD 1.x's layout, with the recipe's DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**sd_scheduler_config(r.prediction_type)),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
 def export(out: Path, r: Recipe) -> Path:
     """Write the trained model as a diffusers StableDiffusionPipeline folder (safetensors) at `out/model`."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from safetensors import safe_open
 
     work = out / "work"
-    tokenizer = build_tokenizer(words(), work / "tokenizer")
+    tokenizer = build_tokenizer(words(), work / "tokenizer", r.text_positions)
     vae, unet, text = build_vae(r), build_unet(r), build_text_encoder(r, tokenizer)
     vae.load_state_dict(load_file(str(work / "vae.safetensors")))
     with safe_open(str(work / "latents.safetensors"), "pt") as f:
@@ -412,11 +427,7 @@ def export(out: Path, r: Recipe) -> Path:
         tensors = load_file(str(work / "unet.ckpt"))
         unet.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_unet.")})
         text.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("ema_text.")})
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**sd_scheduler_config(r.prediction_type)),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = assemble(r, tokenizer, vae, unet, text)
     target = out / "model"
     pipe.save_pretrained(target, safe_serialization=True)
     (target / "recipe.json").write_text(json.dumps(asdict(r), indent=1))
