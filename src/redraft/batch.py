@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from . import metrics as M
 from .errors import InputError
-from .files import atomic_path, save_image
+from .files import atomic_path, save_image, write_json
 
 FORMAT = "redraft.batch/1"
 # Manifest fields (JSONL keys or CSV columns). Only image and target(s) are required.
@@ -545,5 +545,4 @@ def _cell(value) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_plain(data) if isinstance(data, dict) else data, indent=1))
+    write_json(path, _plain(data) if isinstance(data, dict) else data)

@@ -6,7 +6,6 @@ every result is read back from its pixels and checked against the truth of the e
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .draw import grid
-from .files import atomic_path, save_image
+from .files import save_image, write_json
 from .metrics import psnr
 from .shapes import world
 
@@ -91,9 +90,7 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
     grid_path = save_image(grid(cells, captions, cell=192), out_dir / "grid.png")
     maps_path = save_image(maps.draw(cell=192), out_dir / "attention.png")
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary_path = out_dir / "summary.json"
-    with atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    summary_path = write_json(out_dir / "summary.json", summary)
     right = sum(e["all_correct"] for e in summary["edits"])
     print(f"{right}/{len(summary['edits'])} edits right; {summary['seconds']} s in all")
     print(f"wrote {grid_path}, {maps_path} and {summary_path}")

@@ -19,14 +19,13 @@ retrieved text (size, color, shape, background, read with `redraft.shapes.world.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import atomic_path
+from ..files import write_json
 from ..shapes import world
 
 TEST_SEED = 77  # held-out scenes: split "test"; training uses seed 0 ("train") and 10000 ("test", validation)
@@ -141,11 +140,7 @@ def table(result: dict) -> str:
 
 
 def save(result: dict, out_dir: Path, name: str = "describe.json") -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    return path
+    return write_json(out_dir / name, result)
 
 
 def discovery(editor, describer_folder: str | Path, n: int = 128, steps: int = 50, from_step: int = 1) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_path
+from ..files import pyplot, save_figure, write_json
 from ..metrics import psnr, ssim
 
 # (label, invert() keyword arguments)
@@ -144,15 +144,9 @@ def table(result: dict) -> str:
 
 
 def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "inversion.json", out_dir / "inversion.png"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    json_path = write_json(out_dir / "inversion.json", result)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in dict.fromkeys(r["method"] for r in result["rows"]):
         pts = sorted((r["seconds"], r["psnr"], r["steps"]) for r in result["rows"] if r["method"] == label)
@@ -165,9 +159,7 @@ def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
            title=f"Reconstruction quality at a time budget ({result['model']}, {result['device']}); labels: steps")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    png_path = save_figure(fig, out_dir / "inversion.png")
     return json_path, png_path
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..files import atomic_path
+from ..files import write_json
 from ..metrics import psnr
 from ..sampling import denoise
 from ..shapes import world
@@ -123,8 +122,4 @@ def table(result: dict) -> str:
 
 
 def save(result: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "shapes.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    return path
+    return write_json(out_dir / "shapes.json", result)

@@ -8,14 +8,13 @@ The figures come from the three benchmarks (`bench/inversion.py`, `bench/shapes.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import pyplot, save_figure, write_json
 from . import inversion, shapes
 
 
@@ -89,15 +88,9 @@ def table(result: dict) -> str:
 
 
 def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "summary.json", out_dir / "summary.png"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    json_path = write_json(out_dir / "summary.json", result)
     rows = result["rows"]
     labels = [f"{r['task']}: {r['method']}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 1.5), sharey=True)
@@ -112,7 +105,5 @@ def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
         right.annotate(f"{r['value']:.3f}", (0, y), xytext=(3, 0), textcoords="offset points", va="center",
                        fontsize=8)
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    png_path = save_figure(fig, out_dir / "summary.png")
     return json_path, png_path

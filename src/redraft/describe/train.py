@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_extra, load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..files import atomic_path
+from ..files import atomic_path, pyplot, save_figure
 from . import data as readers
 from .curriculum import curriculum_stages, difficulty_scores
 from .loss import joint_loss, per_example_cosine
@@ -494,10 +494,7 @@ def write_log(work: Path, log: list[dict], name: str) -> None:
 
 def plot_curves(work: Path) -> Path:
     """training/curves.png: training loss per step and validation cosine per epoch, of every run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for path in sorted(work.glob("log-*.jsonl")):
@@ -513,8 +510,4 @@ def plot_curves(work: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = work / "curves.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, work / "curves.png")

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
+from ..files import pyplot, save_figure
 from . import world
 from .tokenizer import build_tokenizer
 
@@ -436,10 +437,7 @@ def export(out: Path, r: Recipe) -> Path:
 
 
 def plot_training(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     work = out / "work"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
@@ -459,8 +457,7 @@ def plot_training(out: Path) -> None:
         axes[2].set(title="generation accuracy (held-out prompts)", xlabel="step", ylim=(0, 1.02))
         axes[2].legend()
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "training.png", dpi=90)
 
 
 def train(out: str | Path, recipe: Recipe | None = None) -> Path:
