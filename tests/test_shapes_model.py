@@ -100,3 +100,21 @@ def test_a_recipe_with_16_token_positions_makes_a_working_pipeline(tmp_path):
     assert editor.last_attention.cross_maps().shape[-1] == 16
     with pytest.raises(InputError, match="16"):
         editor.generate("a red circle " * 6, steps=2, progress=False)
+
+
+def test_blank_padding_replaces_only_the_padding_of_the_chosen_rows(tmp_path):
+    """Positions after a prompt's first end token come from the empty prompt in the rows drawn for it;
+    the words, the end token itself and the other rows are untouched."""
+    import torch
+
+    from redraft.shapes.train import PromptIds, blank_padding, words
+    from redraft.shapes.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(words(), tmp_path / "tokenizer", 16)
+    ids = PromptIds(tokenizer)(["a red circle", "a small red circle on a white background", "a blue square"])
+    context, empty = torch.randn(3, 16, 8), torch.randn(1, 16, 8)
+    out = blank_padding(context, empty, ids, tokenizer.eos_token_id, torch.tensor([True, True, False]))
+    for row, (words_and_end, blanked) in enumerate([(5, True), (10, True), (5, False)]):
+        assert torch.equal(out[row, :words_and_end], context[row, :words_and_end])
+        expected = empty[0] if blanked else context[row]
+        assert torch.equal(out[row, words_and_end:], expected[words_and_end:])

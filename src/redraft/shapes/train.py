@@ -55,10 +55,13 @@ class Recipe:
     # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).
     text_width: int = 128
     text_layers: int = 4
-    # Token positions of tokenizer and text encoder (CLIP's 77). The shipped model reads its prompts
-    # mostly from the padding tokens (docs/shapes-model.md), which defeats word-level editing; the
-    # prompts need at most 11, so fewer positions is the first thing to try.
-    text_positions: int = 77
+    # Token positions of tokenizer and text encoder (CLIP's 77; the prompts need at most 10). A text
+    # encoder trained with the UNet puts the whole prompt into the padding tokens (causal attention),
+    # and a UNet that reads the prompt there ignores the words whose attention Prompt-to-Prompt
+    # controls (docs/shapes-model.md). Fewer padding positions, and padding blanked at random
+    # (see `blank_padding`), make the UNet read the words.
+    text_positions: int = 16
+    p_blank_padding: float = 0.5
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_layers_per_block: int = 1
@@ -287,6 +290,16 @@ def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, pred
     return per
 
 
+def blank_padding(context: torch.Tensor, empty: torch.Tensor, ids: torch.Tensor, eos_id: int,
+                  blank: torch.Tensor) -> torch.Tensor:
+    """The prompt embeddings with the padding positions (after the first end token) of the rows where
+    `blank` is True taken from the empty prompt's, which name nothing: those rows can only be drawn
+    from the word tokens (and the end token), so the UNet learns to read the words."""
+    first_end = (ids == eos_id).int().argmax(dim=1, keepdim=True)
+    padding = torch.arange(ids.shape[1]).unsqueeze(0) > first_end
+    return torch.where((padding & blank.unsqueeze(1)).unsqueeze(-1), empty.expand_as(context), context)
+
+
 def noise_like(x0: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise plus a per-image, per-channel constant of std `offset` ("offset noise").
 
@@ -360,7 +373,12 @@ def train_unet(out: Path, r: Recipe) -> None:
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = noise if r.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        context = text_encoder(ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()]))[0]
+        prompt_ids = ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()])
+        context = text_encoder(prompt_ids)[0]
+        if r.p_blank_padding > 0:
+            blank = torch.rand(r.unet_batch, generator=g) < r.p_blank_padding
+            empty = text_encoder(ids([""]))[0]
+            context = blank_padding(context, empty, prompt_ids, tokenizer.eos_token_id, blank)
         for group in opt.param_groups:
             group["lr"] = unet_lr(step, r)
         pred = unet(zt, t, context).sample
