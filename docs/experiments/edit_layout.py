@@ -1,6 +1,6 @@
 """Why word swaps fail on the built-in model: the probes behind docs/shapes-model.md ("editing, the open problem").
 
-    .venv/bin/python docs/experiments/edit_layout.py [--scenes 6]
+    .venv/bin/python docs/experiments/edit_layout.py [--scenes 6] [--model DIR]
 
 An experiment, not API: it reaches into `Editor._p2p` and `edit.plan` to try controls redraft does not
 offer (keeping every branch on the source's pivots for the first steps; self-attention injected at
@@ -74,9 +74,10 @@ def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, so
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenes", type=int, default=6)
+    parser.add_argument("--scenes", type=int, default=6, help="inverted scenes for the table of swaps (0: skip it)")
+    parser.add_argument("--model", default=None, help="a shapes-world model folder (default: the built-in one)")
     args = parser.parse_args()
-    ed = redraft.load()
+    ed = redraft.load(args.model)
 
     source = "a blue diamond on a gray background"
     targets = ["a green diamond on a gray background", "a blue square on a gray background",
@@ -120,6 +121,8 @@ def main() -> None:
         print(f"{name:<32} moved {np.median(moved):.1f} px, {np.mean(np.array(moved) <= 3):.0%} within 3 px; "
               f"targets drawn right {np.mean(right):.0%}")
 
+    if args.scenes == 0:
+        return
     configs = {  # name: (guidance, skip, self_everywhere, source_below, controls)
         "P2P default (cross 0.8, self 0.4)": (7.5, 0, False, 0, {}),
         "guidance 1.5": (1.5, 0, False, 0, {}),

@@ -56,12 +56,22 @@ def kept(image, truth: world.Scene) -> bool:
     return same and abs(r.cx - truth.cx) <= 3 and abs(r.cy - truth.cy) <= 3
 
 
-def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, **controls) -> dict:
+def blend_words(e: world.Edit) -> tuple[str, ...]:
+    """The words whose attention marks what an edit may change, for P2P's local blending: "background"
+    for background edits, else the shape's noun in the source and the target prompt."""
+    if e.kind.endswith("background"):
+        return ("background",)
+    return tuple(dict.fromkeys((e.source.shape, e.target.shape)))
+
+
+def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, blend: bool = False,
+                          **controls) -> dict:
     """Invert n held-out scenes with each method and make one edit of every kind of each.
 
     Methods: "ddim", "null-text", "negative-prompt", or "direct" (Direct Inversion: a DDIM inversion
     whose source branch is kept on its pivot while editing). The reconstruction is the edit's source
-    branch, which equals `reconstruct(inversion)`.
+    branch, which equals `reconstruct(inversion)`. With `blend`, every edit is locally blended
+    (`LocalBlend`) on its `blend_words`.
     """
     scenes = world.scenes(SEED + 1, n, split="test")
     out: dict = {}
@@ -78,19 +88,22 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, *
             for source_prompt, group in by_source.items():
                 inv = editor.invert(world.render(scene), source_prompt, method="ddim" if direct else method,
                                     steps=steps, progress=False)
-                swaps = [(kind, e) for kind, e in group if kind != "reweight"]
-                if swaps:
-                    images = editor.edit(inv, [e.target_prompt for _, e in swaps], direct=direct, progress=False,
-                                         **controls)
-                    for (kind, e), image in zip(swaps, images[1:]):
+                swaps: dict[tuple, list] = {}  # edits that share their blend words are made in one batch
+                for kind, e in group:
+                    if kind != "reweight":
+                        swaps.setdefault(blend_words(e) if blend else (), []).append((kind, e))
+                for words, batch in swaps.items():
+                    images = editor.edit(inv, [e.target_prompt for _, e in batch], direct=direct, progress=False,
+                                         blend=words, **controls)
+                    for (kind, e), image in zip(batch, images[1:]):
                         rows.setdefault(kind, []).append(kept(image, e.target))
-                    if source_prompt == scene.prompt():
-                        rows["psnr"].append(psnr(editor.prepare(world.render(scene)), images[0]))
+                if swaps and source_prompt == scene.prompt():  # every batch's source branch is the same
+                    rows["psnr"].append(psnr(editor.prepare(world.render(scene)), images[0]))
                 for kind, e in group:
                     if kind == "reweight":
                         factor = rng.choice([0.5, 2.0])
                         image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, direct=direct,
-                                            progress=False, **controls)[1]
+                                            progress=False, blend=blend_words(e) if blend else (), **controls)[1]
                         rows.setdefault(kind, []).append(kept(image, e.target))
             rows["seconds"].append(time.perf_counter() - started)
         out[method] = {k: float(np.mean(v)) for k, v in rows.items()}
@@ -98,20 +111,20 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, *
 
 
 def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "direct", "null-text"),
-        **controls) -> dict:
+        blend: bool = False, **controls) -> dict:
     return {
         "model": editor.model_id,
-        "generation": generation(editor, n_generation),
+        "generation": generation(editor, n_generation) if n_generation else None,
         "vae_psnr": vae_ceiling(editor),
-        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), **controls),
-        "controls": controls,
+        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, **controls),
+        "controls": {**controls, "blend": blend},
     }
 
 
 def table(result: dict) -> str:
     g = result["generation"]
     lines = [f"generation (all attributes right): {g['all']:.1%}  "
-             + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all"),
+             + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all") if g else "generation: not run",
              f"VAE ceiling: {result['vae_psnr']:.2f} dB"]
     kinds = [k for k in world.EDIT_KINDS]
     lines.append(f"{'method':<16} {'PSNR':>6} {'s/scene':>8} " + " ".join(f"{k:>14}" for k in kinds))

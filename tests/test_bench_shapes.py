@@ -1,0 +1,26 @@
+"""`redraft bench shapes`: which words a locally blended edit uses, and that every edit kind is measured."""
+
+from __future__ import annotations
+
+import random
+
+import redraft
+from redraft.bench.shapes import blend_words, inversion_and_editing
+from redraft.shapes import world
+
+
+def test_blend_words_mark_the_part_that_changes():
+    scene = world.Scene(shape="circle", color="red", size="small", background="white", cx=30, cy=30)
+    rng = random.Random(0)
+    edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
+    assert blend_words(edits["background"]) == blend_words(edits["add-background"]) == ("background",)
+    assert blend_words(edits["color"]) == blend_words(edits["size"]) == blend_words(edits["reweight"]) == ("circle",)
+    assert blend_words(edits["shape"]) == ("circle", edits["shape"].target.shape)
+
+
+def test_blended_editing_measures_every_kind():
+    editor = redraft.load(device="cpu")
+    result = inversion_and_editing(editor, 1, ["negative-prompt"], steps=10, blend=True)["negative-prompt"]
+    assert set(world.EDIT_KINDS) <= set(result)
+    assert all(0.0 <= result[kind] <= 1.0 for kind in world.EDIT_KINDS)
+    assert result["psnr"] > 17  # the source branch reconstructs the scene
