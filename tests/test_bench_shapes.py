@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 import redraft
 from redraft.bench.shapes import blend_words, inversion_and_editing
 from redraft.shapes import world
@@ -24,3 +26,19 @@ def test_blended_editing_measures_every_kind():
     assert set(world.EDIT_KINDS) <= set(result)
     assert all(0.0 <= result[kind] <= 1.0 for kind in world.EDIT_KINDS)
     assert result["psnr"] > 17  # the source branch reconstructs the scene
+    for kind in ("color", "shape", "size", "background", "add-size", "add-background"):
+        assert result[kind] <= result[f"{kind} attributes"] and result[f"{kind} shift"] >= 0
+
+
+def test_outcome_tells_a_moved_edit_from_a_misdrawn_one():
+    from redraft.bench.shapes import kept, outcome
+
+    truth = world.Scene(shape="square", color="blue", size="large", background="black", cx=30, cy=30)
+    def check(scene, same, shift, ok):
+        image = world.render(scene)
+        assert outcome(image, truth)[0] == same and outcome(image, truth)[1] == pytest.approx(shift, abs=1e-6)
+        assert kept(image, truth) == ok
+
+    check(truth, True, 0, True)
+    check(truth.replace(cx=36), True, 6, False)
+    check(truth.replace(color="red", cy=32), False, 2, False)
