@@ -26,7 +26,7 @@ def test_blended_editing_measures_every_kind():
     assert set(world.EDIT_KINDS) <= set(result)
     assert all(0.0 <= result[kind] <= 1.0 for kind in world.EDIT_KINDS)
     assert result["psnr"] > 17  # the source branch reconstructs the scene
-    for kind in ("color", "shape", "size", "background", "add-size", "add-background"):
+    for kind in world.EDIT_KINDS:
         assert result[kind] <= result[f"{kind} attributes"] and result[f"{kind} shift"] >= 0
 
 

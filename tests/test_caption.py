@@ -4,7 +4,6 @@ training with its curriculum, and bad inputs. All on tiny random BLIPs over shap
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

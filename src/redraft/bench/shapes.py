@@ -73,6 +73,13 @@ def blend_words(e: world.Edit) -> tuple[str, ...]:
     return tuple(dict.fromkeys((e.source.shape, e.target.shape)))
 
 
+def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
+    same, shift = outcome(image, truth)
+    rows.setdefault(kind, []).append(same and shift <= 3)  # `kept`
+    rows.setdefault(f"{kind} attributes", []).append(same)  # the position aside
+    rows.setdefault(f"{kind} shift", []).append(shift)
+
+
 def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, blend: bool = False,
                           **controls) -> dict:
     """Invert n held-out scenes with each method and make one edit of every kind of each.
@@ -105,10 +112,7 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
                     images = editor.edit(inv, [e.target_prompt for _, e in batch], direct=direct, progress=False,
                                          blend=words, **controls)
                     for (kind, e), image in zip(batch, images[1:]):
-                        same, shift = outcome(image, e.target)
-                        rows.setdefault(kind, []).append(same and shift <= 3)
-                        rows.setdefault(f"{kind} attributes", []).append(same)  # the position aside
-                        rows.setdefault(f"{kind} shift", []).append(shift)
+                        record(rows, kind, image, e.target)
                 if swaps and source_prompt == scene.prompt():  # every batch's source branch is the same
                     rows["psnr"].append(psnr(editor.prepare(world.render(scene)), images[0]))
                 for kind, e in group:
@@ -116,7 +120,7 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
                         factor = rng.choice([0.5, 2.0])
                         image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, direct=direct,
                                             progress=False, blend=blend_words(e) if blend else (), **controls)[1]
-                        rows.setdefault(kind, []).append(kept(image, e.target))
+                        record(rows, kind, image, e.target)
             rows["seconds"].append(time.perf_counter() - started)
         out[method] = {k: float(np.median(v) if k.endswith("shift") else np.mean(v)) for k, v in rows.items()}
     return out
