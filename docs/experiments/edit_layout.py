@@ -126,6 +126,8 @@ def main() -> None:
     configs = {  # name: (guidance, skip, self_everywhere, source_below, controls)
         "P2P default (cross 0.8, self 0.4)": (7.5, 0, False, 0, {}),
         "guidance 1.5": (1.5, 0, False, 0, {}),
+        "first 10 of 50 steps on the pivots": (7.5, 10, False, 0, {}),
+        "first 20 of 50 steps on the pivots": (7.5, 20, False, 0, {}),
         "first 30 of 50 steps on the pivots": (7.5, 30, False, 0, {}),
         "all attention injected at every step": (7.5, 0, True, 0, dict(cross_replace_steps=1.0, self_replace_steps=1.0)),
         "target prompt only in the finest layers": (7.5, 0, False, 64, {}),
