@@ -110,3 +110,14 @@ def test_edit_errors(editor, image):
         editor.edit(inv, "a photo of a dog", blend=["zebra"], progress=False)
     with pytest.raises(InputError, match="edit kind"):
         editor.edit(inv, "a photo of a dog", kind="morph", progress=False)
+
+
+
+
+def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor):
+    """P2P's rule: self-attention layers of at most half the latent's side; `self_max_resolution` moves it."""
+    from redraft.edit import plan
+
+    prompts = [PROMPT, "a photo of a dog"]
+    assert plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
+    assert plan(editor.pipeline.tokenizer, prompts, Controls(self_max_resolution=16), STEPS, (16, 16)).self_max_pixels == 256

@@ -278,16 +278,18 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
 @click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
 @click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
+@click.option("--self-resolution", type=int, default=None,
+              help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, out_dir):
+def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, self_replace_steps=self_steps,
-                   cross_replace_steps=cross_steps)
+                   cross_replace_steps=cross_steps, self_max_resolution=self_resolution)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 

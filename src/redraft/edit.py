@@ -29,7 +29,9 @@ class Controls:
     end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
     reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
     attention marks the region that may change (LocalBlend), with its threshold and start (fraction of
-    the steps).
+    the steps). self_max_resolution: self-attention is injected in layers whose side is at most this
+    (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
+    a few latent cells (the shapes model) keeps its layout only with the latent's full side.
     """
 
     kind: str | None = None
@@ -40,6 +42,7 @@ class Controls:
     blend_threshold: float = 0.3
     blend_start: float = 0.2
     blend_resolution: int | None = None
+    self_max_resolution: int | None = None
 
 
 def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:
@@ -72,8 +75,10 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
         windows.append(W.step_windows(controls.cross_replace_steps, steps, tokenizer, target, L))
     self_window = W.step_windows(controls.self_replace_steps, steps, max_len=1)[:, 0]
     h, w = latent_hw
+    side = controls.self_max_resolution
+    self_max_pixels = (h * w) // 4 if side is None else side * side
     return EditPlan(torch.stack(mappers), torch.stack(alphas), torch.stack(equalizers), torch.stack(windows),
-                    self_window, self_max_pixels=(h * w) // 4)
+                    self_window, self_max_pixels=self_max_pixels)
 
 
 def default_resolution(control: AttentionControl) -> int:
