@@ -81,6 +81,22 @@ def test_edit_generate_and_attention_write_pictures(run, image, tmp_path):
     assert r.exit_code == 0 and "5 words" in r.output, r.output
 
 
+def test_generate_self_resolution_reaches_the_controls(run, tmp_path):
+    """--self-resolution 0 injects self-attention in no layer: the same picture as --self-steps 0."""
+    import numpy as np
+    from PIL import Image
+
+    def picture(name, *extra):
+        r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--steps", "4",
+                "--cross-steps", "0", *extra, "-o", str(tmp_path / name))
+        assert r.exit_code == 0, r.output
+        return np.asarray(Image.open(tmp_path / name)).astype(int)
+
+    none = picture("none.png", "--self-steps", "0")
+    assert np.array_equal(picture("zero.png", "--self-steps", "1", "--self-resolution", "0"), none)
+    assert not np.array_equal(picture("rule.png", "--self-steps", "1"), none)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--reweight", "cat=lots"], "not a number"),
     (["--reweight", "zebra=2"], "not a word of the prompt"),

@@ -106,6 +106,8 @@ def edit_options(fn):
         click.option("--reweight", multiple=True, metavar="WORD=FACTOR", help="re-weight a word (repeatable)."),
         click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps (fraction)."),
         click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps (fraction)."),
+        click.option("--self-resolution", type=click.IntRange(min=0), default=None,
+                     help="inject self-attention in layers up to this side (default: P2P's, half the latent's)."),
         click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
                      help="PNG of the (first) edit; a grid is written beside it (NAME.grid.png)."),
         click.option("--force", is_flag=True, help="replace outputs that exist."),
@@ -128,7 +130,7 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
     return False
 
 
-def controls_from(kind, blend, reweight, cross_steps, self_steps) -> dict:
+def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None) -> dict:
     weights = {}
     for item in reweight:
         word, sep, factor = item.partition("=")
@@ -139,7 +141,7 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps) -> dict:
         except ValueError:
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
     return dict(kind=kind, blend=list(blend), reweight=weights, cross_replace_steps=cross_steps,
-                self_replace_steps=self_steps)
+                self_replace_steps=self_steps, self_max_resolution=self_resolution)
 
 
 def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
@@ -166,13 +168,13 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @click.pass_context
 @friendly
 def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, reweight, cross_steps, self_steps,
-         output, force):
+         self_resolution, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
-    controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
@@ -194,13 +196,13 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
 @edit_options
 @click.pass_context
 @friendly
-def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight, cross_steps, self_steps, output,
-             force):
+def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight, cross_steps, self_steps,
+             self_resolution, output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
     refuse_overwrite(output, force)
-    controls = controls_from(kind, blend, reweight, cross_steps, self_steps)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution)
     editor = editor_from(ctx)
     images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
     write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)
