@@ -96,7 +96,7 @@ def test_pie_bench_mapping_file(tmp_path):
     assert cat.image == str(tmp_path / "annotation_images" / "0_random" / "1.jpg")
     # PIE-Bench's Prompt-to-Prompt settings: 0.4 / 0.6, blend the two words, the target word x 2
     assert cat.controls == dict(kind=None, blend=["cat", "dog"], reweight={"dog": 2.0}, cross_replace_steps=0.4,
-                                self_replace_steps=0.6)
+                                self_replace_steps=0.6, self_max_resolution=None)
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []
     other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(cross_steps=0.7), images=tmp_path / "imgs")
     assert other[0].controls["cross_replace_steps"] == 0.7 and other[0].image == str(tmp_path / "imgs/0_random/1.jpg")
