@@ -64,7 +64,7 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
     assert first.targets == ["a photo of a dog", "a photo of a red cat"]
     assert (first.steps, first.method, first.direct) == (5, "ddim", True)
     assert first.controls == dict(kind=None, blend=["cat", "dog"], reweight={"red": 2.0, "dog": -1.0},
-                                  cross_replace_steps=0.5, self_replace_steps=0.3)
+                                  cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=None)
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
     assert second.controls["cross_replace_steps"] == 0.8 and second.error is None
     assert "steps must be a number" in third.error  # one bad value fails that item only
