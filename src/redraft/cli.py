@@ -280,7 +280,7 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
 @click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
 @click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
-@click.option("--self-resolution", type=int, default=None,
+@click.option("--self-resolution", type=click.IntRange(min=0), default=None,
               help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context

@@ -76,6 +76,8 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
     self_window = W.step_windows(controls.self_replace_steps, steps, max_len=1)[:, 0]
     h, w = latent_hw
     side = controls.self_max_resolution
+    if side is not None and side < 0:
+        raise InputError(f"self_max_resolution is a layer's side in pixels (0 or more, or None for P2P's rule); got {side}.")
     self_max_pixels = (h * w) // 4 if side is None else side * side
     return EditPlan(torch.stack(mappers), torch.stack(alphas), torch.stack(equalizers), torch.stack(windows),
                     self_window, self_max_pixels=self_max_pixels)
