@@ -111,3 +111,21 @@ def test_edit_errors_write_nothing(run, image, tmp_path, extra, message):
     r = run(*args, *extra)
     assert r.exit_code == 2 and message in r.output, r.output
     assert not out.exists()
+
+
+def test_generate_layout_guidance_reaches_the_controls(run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    def picture(name, *extra):
+        r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--steps", "4",
+                *extra, "-o", str(tmp_path / name))
+        assert r.exit_code == 0, r.output
+        return np.asarray(Image.open(tmp_path / name)).astype(int)
+
+    off = picture("off.png")
+    assert np.array_equal(picture("zero.png", "--layout-guidance", "0"), off)
+    assert not np.array_equal(picture("on.png", "--layout-guidance", "0.5", "--layout-steps", "1"), off)
+    r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--layout-guidance", "-1",
+            "-o", str(tmp_path / "bad.png"))
+    assert r.exit_code != 0 and "layout-guidance" in r.output and not (tmp_path / "bad.png").exists()

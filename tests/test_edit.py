@@ -121,3 +121,41 @@ def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor
     prompts = [PROMPT, "a photo of a dog"]
     assert plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
     assert plan(editor.pipeline.tokenizer, prompts, Controls(self_max_resolution=16), STEPS, (16, 16)).self_max_pixels == 256
+
+
+def test_layout_guidance_step_lowers_its_loss_and_leaves_the_source(editor):
+    """One guidance step moves the edit's latent downhill on L (own maps vs the source's mapped maps)."""
+    from redraft.attention import AttentionControl, controlled
+    from redraft.edit import plan
+    from redraft.guidance import layout_guidance
+
+    prompts = [PROMPT, "a photo of a dog"]
+    schedule = editor.schedule(STEPS)
+    cond = editor.embed(prompts)
+    z = torch.randn(2, *editor.initial_noise(0).shape[1:], generator=torch.Generator().manual_seed(3))
+    control = AttentionControl((z.shape[-2], z.shape[-1]),
+                               plan=plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, tuple(z.shape[-2:])))
+    with controlled(editor.unet, control):
+        guide = layout_guidance(editor.unet, control, editor.pipeline.tokenizer, prompts, cond, 0.05, 0.5, STEPS)
+        t = schedule.timesteps[1]
+        moved = guide(1, t, z)
+        before = float(guide.loss)
+        guide(1, t, moved)
+        after = float(guide.loss)
+        assert torch.equal(guide(STEPS - 1, t, z), z)  # outside its window (the first half) it does nothing
+    assert before > 0 and after < 0.99 * before
+    assert torch.equal(moved[0], z[0]) and not torch.equal(moved[1], z[1])
+    assert abs(float((moved[1] - z[1]).pow(2).mean().sqrt()) - 0.05) < 1e-4  # a step of `scale`, in rms
+    assert control.maps == {}  # guidance passes store no maps
+
+
+def test_layout_guidance_changes_the_edit_only(editor):
+    prompts = [PROMPT, "a photo of a dog"]
+    plain = editor.generate(prompts, seed=2, steps=STEPS, progress=False)
+    zero = editor.generate(prompts, seed=2, steps=STEPS, layout_guidance=0.0, progress=False)
+    guided = editor.generate(prompts, seed=2, steps=STEPS, layout_guidance=0.5, progress=False)
+    assert np.array_equal(pixels(zero[1]), pixels(plain[1]))
+    assert np.array_equal(pixels(guided[0]), pixels(plain[0]))
+    assert np.abs(pixels(guided[1]) - pixels(plain[1])).mean() > 0.5
+    with pytest.raises(InputError, match="layout_guidance"):
+        editor.generate(prompts, seed=2, steps=STEPS, layout_guidance=-1.0, progress=False)

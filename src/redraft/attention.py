@@ -46,6 +46,7 @@ class AttentionControl:
         self.cond_rows = slice(0, 0)
         self.maps: dict[int, torch.Tensor] = {}  # pixels -> sum over layers and steps of [B, pixels, L]
         self.counts: dict[int, int] = {}
+        self.observer = None  # sees every cross-attention layer's conditional rows before editing (`guidance`)
 
     # -- called by the sampling loop (via CountedUNet) before every UNet call
     def begin_call(self, step: int | None, cond_rows: slice | None, batch: int) -> None:
@@ -56,12 +57,16 @@ class AttentionControl:
         if self.step is None:
             return False
         if is_cross:
-            return self.store or (self.plan is not None and bool(self.plan.cross_window[:, self.step].any()))
+            return self.store or self.observer is not None or \
+                (self.plan is not None and bool(self.plan.cross_window[:, self.step].any()))
         return self.plan is not None and bool(self.plan.self_window[self.step]) and pixels <= self.plan.self_max_pixels
 
     # -- called by the processor with probabilities [batch, heads, pixels, keys]
     def __call__(self, probs: torch.Tensor, is_cross: bool, pixels: int) -> torch.Tensor:
         rows = probs[self.cond_rows]
+        observed = is_cross and self.observer is not None
+        if observed:  # a guidance pass: its maps are the observer's, not stored
+            self.observer.observe(rows, pixels)
         source, targets = rows[:1], rows[1:]
         plan, i = self.plan, self.step
         if plan is not None and len(targets):
@@ -75,7 +80,7 @@ class AttentionControl:
                 targets = source.expand_as(targets)
             probs = probs.clone()
             probs[self.cond_rows] = torch.cat([source, targets])
-        if is_cross and self.store:
+        if is_cross and self.store and not observed:
             mean = probs[self.cond_rows].mean(dim=1).float()  # average over heads
             self.maps[pixels] = self.maps.get(pixels, 0) + mean
             self.counts[pixels] = self.counts.get(pixels, 0) + 1

@@ -108,6 +108,10 @@ def edit_options(fn):
         click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps (fraction)."),
         click.option("--self-resolution", type=click.IntRange(min=0), default=None,
                      help="inject self-attention in layers up to this side (default: P2P's, half the latent's)."),
+        click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="layout guidance step size: keeps objects where the source has them (0: off)."),
+        click.option("--layout-steps", default=0.5, show_default=True,
+                     help="fraction of the steps (the first ones) that layout guidance acts on."),
         click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
                      help="PNG of the (first) edit; a grid is written beside it (NAME.grid.png)."),
         click.option("--force", is_flag=True, help="replace outputs that exist."),
@@ -130,7 +134,8 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
     return False
 
 
-def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None) -> dict:
+def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None, layout_guidance=0.0,
+                  layout_steps=0.5) -> dict:
     weights = {}
     for item in reweight:
         word, sep, factor = item.partition("=")
@@ -141,7 +146,8 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
         except ValueError:
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
     return dict(kind=kind, blend=list(blend), reweight=weights, cross_replace_steps=cross_steps,
-                self_replace_steps=self_steps, self_max_resolution=self_resolution)
+                self_replace_steps=self_steps, self_max_resolution=self_resolution,
+                layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
 
 
 def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
@@ -168,13 +174,14 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @click.pass_context
 @friendly
 def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, reweight, cross_steps, self_steps,
-         self_resolution, output, force):
+         self_resolution, layout_guidance, layout_steps, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
-    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
+                             layout_steps)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
@@ -197,12 +204,13 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
 @click.pass_context
 @friendly
 def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight, cross_steps, self_steps,
-             self_resolution, output, force):
+             self_resolution, layout_guidance, layout_steps, output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
     refuse_overwrite(output, force)
-    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution)
+    controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
+                             layout_steps)
     editor = editor_from(ctx)
     images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
     write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)
@@ -282,16 +290,21 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
 @click.option("--self-resolution", type=click.IntRange(min=0), default=None,
               help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
+@click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="layout guidance step size of the edits (0: off).")
+@click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, out_dir):
+def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
+                 layout_steps, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, self_replace_steps=self_steps,
-                   cross_replace_steps=cross_steps, self_max_resolution=self_resolution)
+                   cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+                   layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 

@@ -32,6 +32,9 @@ class Controls:
     the steps). self_max_resolution: self-attention is injected in layers whose side is at most this
     (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
     a few latent cells (the shapes model) keeps its layout only with the latent's full side.
+    layout_guidance: the step size (latent units) of layout guidance (`redraft.guidance`), which moves
+    each edit's latent so that its own cross-attention maps agree with the source's, at the steps of
+    `layout_guidance_steps` (a fraction or a (start, end) pair); 0 (the default, as in P2P) turns it off.
     """
 
     kind: str | None = None
@@ -43,6 +46,8 @@ class Controls:
     blend_start: float = 0.2
     blend_resolution: int | None = None
     self_max_resolution: int | None = None
+    layout_guidance: float = 0.0
+    layout_guidance_steps: float | tuple = 0.5
 
 
 def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:

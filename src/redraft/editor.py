@@ -17,6 +17,7 @@ from .edit import Controls, LocalBlend, plan
 from .ddim import Schedule
 from .describe.model import Description
 from .errors import InputError
+from .guidance import layout_guidance
 from .image import ImageLike, fit, load_image, to_pil, to_tensor
 from .inversion import METHODS, Cost, Inversion
 from .loading import BUILTIN, default_device, fingerprint, load_pipeline
@@ -283,6 +284,9 @@ class Editor:
         blend = LocalBlend(self.pipeline.tokenizer, prompts, controls.blend, control, schedule.steps,
                            controls.blend_threshold, controls.blend_start, controls.blend_resolution) \
             if controls.blend else None
+        guide = layout_guidance(self.unet, control, self.pipeline.tokenizer, prompts, cond, controls.layout_guidance,
+                                controls.layout_guidance_steps, schedule.steps) \
+            if edit_plan is not None and controls.layout_guidance else None
 
         def callback(i: int, z: torch.Tensor):
             for fn in (first_callback, blend):
@@ -292,7 +296,7 @@ class Editor:
             return z
 
         with controlled(self.unet, control):
-            z = denoise(self.unet, schedule, x_T, cond, uncond, guidance_scale, callback=callback,
+            z = denoise(self.unet, schedule, x_T, cond, uncond, guidance_scale, callback=callback, guide=guide,
                         progress=progress, desc=desc)
         self.last_attention, self.last_blend = control, blend
         return z

@@ -61,16 +61,20 @@ def guided_output(model: CountedUNet, z: torch.Tensor, t: int, cond: torch.Tenso
 def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch.Tensor,
             uncond: torch.Tensor, guidance_scale: float, *,
             callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+            guide: Callable[[int, int, torch.Tensor], torch.Tensor] | None = None,
             progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """Run the DDIM chain from z_0 = x_T (shape [B, C, H, W]) to the clean latent z_N.
 
     `cond` is [B, L, D]; `uncond` is [B, L, D] for all steps or [N, B, L, D], one per step (null-text
     inversion's per-step embeddings). `callback(i, z)` may return a replacement for z after step i
-    (LocalBlend, Direct Inversion's offsets).
+    (LocalBlend, Direct Inversion's offsets); `guide(i, t, z)` returns z moved before step i (layout
+    guidance).
     """
     z = z.float()
     for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=not progress, leave=False)):
         u = uncond[i] if uncond.dim() == 4 else uncond
+        if guide is not None:
+            z = guide(i, t, z)
         output = guided_output(model, z, t, cond, u, guidance_scale, step=i)
         z = ddim.step(z, output, schedule.alphas[i], schedule.alphas[i + 1], schedule.prediction_type)
         if callback is not None:

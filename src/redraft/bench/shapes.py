@@ -57,7 +57,8 @@ def outcome(image, truth: world.Scene) -> tuple[bool, float]:
     object's centre is from `truth`'s."""
     r = world.read(np.asarray(image))
     same = all(getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background"))
-    return same, max(abs(r.cx - truth.cx), abs(r.cy - truth.cy))
+    shift = max(abs(r.cx - truth.cx), abs(r.cy - truth.cy))
+    return same, shift if np.isfinite(shift) else float("inf")  # no object drawn: infinitely far
 
 
 def kept(image, truth: world.Scene) -> bool:
