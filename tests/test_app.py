@@ -231,3 +231,12 @@ def test_a_port_in_use_is_one_message(editor):
         taken.listen()
         with pytest.raises(InputError, match="choose another --port"):
             serve(editor, port=taken.getsockname()[1], block=False)
+
+
+def test_layout_guidance_reaches_the_edit(app, picture):
+    plain, *_ , cache, _ = edit(app, {}, picture)
+    guided, *_ = edit(app, cache, picture, layout_guidance=0.5)
+    (p_rec, _), (p_edit, _) = plain[1:]
+    (g_rec, _), (g_edit, _) = guided[1:]
+    assert np.array_equal(np.asarray(Image.open(p_rec)), np.asarray(Image.open(g_rec)))
+    assert not np.array_equal(np.asarray(Image.open(p_edit)), np.asarray(Image.open(g_edit)))

@@ -53,10 +53,10 @@ def _batch(tiny_folder, *args):
 def test_csv_manifest_fields_and_defaults(tmp_path):
     _pictures(tmp_path, 1)
     (tmp_path / "items.csv").write_text(
-        "image,prompt,targets,blend,reweight,steps,method,direct,cross_steps\n"
-        "im0.png,a photo of a cat,a photo of a dog | a photo of a red cat,cat dog,red=2 dog=-1,5,ddim,true,0.5\n"
-        "im0.png,,a photo of a dog,,,,,,\n"
-        "im0.png,a cat,a dog,,,x,,,\n")
+        "image,prompt,targets,blend,reweight,steps,method,direct,cross_steps,self_resolution,layout_guidance\n"
+        "im0.png,a photo of a cat,a photo of a dog | a photo of a red cat,cat dog,red=2 dog=-1,5,ddim,true,0.5,16,0.05\n"
+        "im0.png,,a photo of a dog,,,,,,,,\n"
+        "im0.png,a cat,a dog,,,x,,,,,\n")
     items = B.read_manifest(tmp_path / "items.csv", B.Defaults(steps=7, self_steps=0.3))
     first, second, third = items
     assert [i.id for i in items] == ["00001", "00002", "00003"]
@@ -64,9 +64,11 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
     assert first.targets == ["a photo of a dog", "a photo of a red cat"]
     assert (first.steps, first.method, first.direct) == (5, "ddim", True)
     assert first.controls == dict(kind=None, blend=["cat", "dog"], reweight={"red": 2.0, "dog": -1.0},
-                                  cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=None)
+                                  cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
+                                  layout_guidance=0.05, layout_guidance_steps=0.5)
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
     assert second.controls["cross_replace_steps"] == 0.8 and second.error is None
+    assert second.controls["self_max_resolution"] is None and second.controls["layout_guidance"] == 0.0
     assert "steps must be a number" in third.error  # one bad value fails that item only
 
 
@@ -96,7 +98,8 @@ def test_pie_bench_mapping_file(tmp_path):
     assert cat.image == str(tmp_path / "annotation_images" / "0_random" / "1.jpg")
     # PIE-Bench's Prompt-to-Prompt settings: 0.4 / 0.6, blend the two words, the target word x 2
     assert cat.controls == dict(kind=None, blend=["cat", "dog"], reweight={"dog": 2.0}, cross_replace_steps=0.4,
-                                self_replace_steps=0.6, self_max_resolution=None)
+                                self_replace_steps=0.6, self_max_resolution=None, layout_guidance=0.0,
+                                layout_guidance_steps=0.5)
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []
     other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(cross_steps=0.7), images=tmp_path / "imgs")
     assert other[0].controls["cross_replace_steps"] == 0.7 and other[0].image == str(tmp_path / "imgs/0_random/1.jpg")

@@ -159,7 +159,8 @@ class App:
     @shown
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
              targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
-             cross_steps: float = 0.8, self_steps: float = 0.4, progress=gr.Progress(track_tqdm=True)):
+             cross_steps: float = 0.8, self_steps: float = 0.4, layout_guidance: float = 0.0,
+             progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         Returns (gallery, attention maps, PNG files, inversion file, cache, status).
@@ -175,7 +176,8 @@ class App:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         controls = dict(kind=None if kind in (None, "auto") else kind, blend=words_of(blend),
                         reweight={w: float(factor) for w in words_of(reweight)},
-                        cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps))
+                        cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps),
+                        layout_guidance=float(layout_guidance))
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
         inversion = cache.get(key)
@@ -268,6 +270,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                                             "(fraction)")
                     self_steps = gr.Slider(0, 1, value=0.4, step=0.05, label="self-attention replace steps "
                                            "(fraction)")
+                    layout = gr.Slider(0, 0.3, value=0.0, step=0.01, label="layout guidance: keeps objects where "
+                                       "the input has them (0: off)", elem_id="layout")
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -283,7 +287,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         describe.click(app.describe, image, prompt, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
-                             cross_steps, self_steps],
+                             cross_steps, self_steps, layout],
                   [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
                   **model_queue)
     return page

@@ -43,6 +43,8 @@ FIELDS = {
     "reweight": "word=factor: a dict, a list, or a space-separated text",
     "cross_steps": "cross_replace_steps (fraction)",
     "self_steps": "self_replace_steps (fraction)",
+    "self_resolution": "inject self-attention in layers up to this side (default: P2P's, half the latent's)",
+    "layout_guidance": "layout guidance step size, which keeps objects in place (default 0: off)",
     "method": "inversion method: ddim, null-text or negative-prompt",
     "steps": "sampling steps",
     "guidance": "guidance scale",
@@ -218,7 +220,10 @@ def _controls(record: dict, defaults: Defaults, pie_bench: bool) -> dict:
     self_ = defaults.self_steps if defaults.self_steps is not None else self_
     per_word = record.get("cross_steps")  # a dict gives per-word windows (see edit.Controls)
     cross = per_word if isinstance(per_word, dict) else _number(record, "cross_steps", cross, float)
-    return controls_from(record.get("kind"), blend, reweight, cross, _number(record, "self_steps", self_, float))
+    side = record.get("self_resolution")
+    side = None if side in (None, "") else _number(record, "self_resolution", None, int)
+    return controls_from(record.get("kind"), blend, reweight, cross, _number(record, "self_steps", self_, float),
+                         side, _number(record, "layout_guidance", 0.0, float))
 
 
 def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:
