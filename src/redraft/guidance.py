@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from . import words as W
 from .attention import AttentionControl
+from .errors import InputError
 
 
 class LayoutGuidance:
@@ -66,9 +68,6 @@ class LayoutGuidance:
 def layout_guidance(model, control: AttentionControl, tokenizer, prompts, cond: torch.Tensor, scale: float,
                     steps_spec, steps: int) -> LayoutGuidance:
     """The guidance of edits prompts[1:] of source prompts[0] under `control`'s plan (`Controls.layout_guidance`)."""
-    from . import words as W
-    from .errors import InputError
-
     if not scale >= 0:
         raise InputError(f"layout_guidance is a step size of 0 or more (0 turns it off); got {scale}.")
     L = control.plan.mapper.shape[-1]
