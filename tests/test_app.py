@@ -240,3 +240,11 @@ def test_layout_guidance_reaches_the_edit(app, picture):
     (g_rec, _), (g_edit, _) = guided[1:]
     assert np.array_equal(np.asarray(Image.open(p_rec)), np.asarray(Image.open(g_rec)))
     assert not np.array_equal(np.asarray(Image.open(p_edit)), np.asarray(Image.open(g_edit)))
+
+
+def test_blend_exclude_reaches_the_edit(app, picture):
+    blended, *_, cache, _ = edit(app, {}, picture, blend="cat dog", blend_exclude="")
+    kept, *_ = edit(app, cache, picture, blend="cat dog", blend_exclude="photo")
+    assert not np.array_equal(np.asarray(Image.open(blended[2][0])), np.asarray(Image.open(kept[2][0])))
+    with pytest.raises(gr.Error, match="local blend words"):
+        edit(app, cache, picture, blend_exclude="photo")

@@ -53,17 +53,20 @@ def _batch(tiny_folder, *args):
 def test_csv_manifest_fields_and_defaults(tmp_path):
     _pictures(tmp_path, 1)
     (tmp_path / "items.csv").write_text(
-        "image,prompt,targets,blend,reweight,steps,method,direct,cross_steps,self_resolution,layout_guidance\n"
-        "im0.png,a photo of a cat,a photo of a dog | a photo of a red cat,cat dog,red=2 dog=-1,5,ddim,true,0.5,16,0.05\n"
-        "im0.png,,a photo of a dog,,,,,,,,\n"
-        "im0.png,a cat,a dog,,,x,,,,,\n")
+        "image,prompt,targets,blend,blend_exclude,reweight,steps,method,direct,cross_steps,self_resolution,"
+        "layout_guidance\n"
+        "im0.png,a photo of a cat,a photo of a dog | a photo of a red cat,cat dog,photo,red=2 dog=-1,5,ddim,true,0.5,16,"
+        "0.05\n"
+        "im0.png,,a photo of a dog,,,,,,,,,\n"
+        "im0.png,a cat,a dog,,,,x,,,,,\n")
     items = B.read_manifest(tmp_path / "items.csv", B.Defaults(steps=7, self_steps=0.3))
     first, second, third = items
     assert [i.id for i in items] == ["00001", "00002", "00003"]
     assert first.image == str(tmp_path / "im0.png")
     assert first.targets == ["a photo of a dog", "a photo of a red cat"]
     assert (first.steps, first.method, first.direct) == (5, "ddim", True)
-    assert first.controls == dict(kind=None, blend=["cat", "dog"], reweight={"red": 2.0, "dog": -1.0},
+    assert first.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=["photo"],
+                                  reweight={"red": 2.0, "dog": -1.0},
                                   cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
                                   layout_guidance=0.05, layout_guidance_steps=0.5)
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
@@ -97,7 +100,8 @@ def test_pie_bench_mapping_file(tmp_path):
         "000000000001", "a cat sitting on the grass", ["a dog sitting on the grass"], "1")
     assert cat.image == str(tmp_path / "annotation_images" / "0_random" / "1.jpg")
     # PIE-Bench's Prompt-to-Prompt settings: 0.4 / 0.6, blend the two words, the target word x 2
-    assert cat.controls == dict(kind=None, blend=["cat", "dog"], reweight={"dog": 2.0}, cross_replace_steps=0.4,
+    assert cat.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=[], reweight={"dog": 2.0},
+                                cross_replace_steps=0.4,
                                 self_replace_steps=0.6, self_max_resolution=None, layout_guidance=0.0,
                                 layout_guidance_steps=0.5)
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []

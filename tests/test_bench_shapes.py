@@ -15,9 +15,10 @@ def test_blend_words_mark_the_part_that_changes():
     scene = world.Scene(shape="circle", color="red", size="small", background="white", cx=30, cy=30)
     rng = random.Random(0)
     edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
-    assert blend_words(edits["background"]) == blend_words(edits["add-background"]) == ("background",)
-    assert blend_words(edits["color"]) == blend_words(edits["size"]) == blend_words(edits["reweight"]) == ("circle",)
-    assert blend_words(edits["shape"]) == ("circle", edits["shape"].target.shape)
+    # background edits change the background and keep the object (its noun's region is excluded)
+    assert blend_words(edits["background"]) == blend_words(edits["add-background"]) == (("background",), ("circle",))
+    assert blend_words(edits["color"]) == blend_words(edits["size"]) == blend_words(edits["reweight"]) == (("circle",), ())
+    assert blend_words(edits["shape"]) == (("circle", edits["shape"].target.shape), ())
 
 
 def test_blended_editing_measures_every_kind():

@@ -46,6 +46,27 @@ def test_local_blend_keeps_latents_outside_the_mask(editor):
     assert not torch.equal(z[1], z[0])
 
 
+def test_local_blend_exclude_takes_a_region_out_of_the_mask(editor):
+    schedule = editor.schedule(STEPS)
+    prompts = [PROMPT, "a photo of a dog"]
+    x_T = editor.initial_noise(5).expand(2, -1, -1, -1)
+    cond, uncond = editor.embed(prompts), editor.embed([""] * 2)
+
+    def blended(**controls):
+        z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=["cat", "dog"], **controls),
+                        None, False, "test")
+        return z, editor.last_blend.mask
+
+    _, whole = blended(blend_threshold=0.9)  # random maps are flat: a high threshold makes regions
+    z, mask = blended(blend_threshold=0.9, blend_exclude=["photo"])
+    assert not (mask & ~whole).any()  # excluding only removes cells...
+    assert 0 < mask[1].float().sum() < whole[1].float().sum()  # ...some of them, not all
+    outside = ~mask.expand_as(z)
+    assert torch.equal(z[1][outside[1]], z[0][outside[1]])  # the excluded cells are the source's
+    with pytest.raises(InputError, match="horse"):
+        blended(blend_exclude=["horse"])
+
+
 @pytest.mark.parametrize("method", ["ddim", "null-text", "negative-prompt"])
 def test_source_branch_of_edit_equals_reconstruction(editor, image, method):
     inv = editor.invert(image, PROMPT, method=method, steps=STEPS, progress=False)

@@ -160,7 +160,7 @@ class App:
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
              targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
              cross_steps: float = 0.8, self_steps: float = 0.4, layout_guidance: float = 0.0,
-             progress=gr.Progress(track_tqdm=True)):
+             blend_exclude: str = "", progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         Returns (gallery, attention maps, PNG files, inversion file, cache, status).
@@ -174,7 +174,10 @@ class App:
             raise InputError("write a target prompt: the source prompt with the words you want changed.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
+        if words_of(blend_exclude) and not words_of(blend):
+            raise InputError("words kept from the input need local blend words too: the region they are taken from.")
         controls = dict(kind=None if kind in (None, "auto") else kind, blend=words_of(blend),
+                        blend_exclude=words_of(blend_exclude),
                         reweight={w: float(factor) for w in words_of(reweight)},
                         cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps),
                         layout_guidance=float(layout_guidance))
@@ -263,6 +266,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     kind = gr.Dropdown(KINDS, value="auto", label="edit kind", elem_id="kind")
                     blend = gr.Textbox(label="local blend: words whose region may change (empty: all of it)",
                                        elem_id="blend")
+                    blend_exclude = gr.Textbox(label="local blend: words whose region is kept from the input",
+                                               elem_id="blend-exclude")
                     reweight = gr.Textbox(label="re-weight these words of the target", elem_id="reweight")
                     factor = gr.Slider(-2, 5, value=2.0, step=0.1, label="re-weight factor "
                                        "(below 1 weakens, above 1 strengthens, negative removes)")
@@ -287,7 +292,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         describe.click(app.describe, image, prompt, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
-                             cross_steps, self_steps, layout],
+                             cross_steps, self_steps, layout, blend_exclude],
                   [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
                   **model_queue)
     return page

@@ -40,6 +40,7 @@ FIELDS = {
     "targets": "target prompts: a list, or in CSV one text with ' | ' between prompts",
     "kind": "replace, refine or reweight (default: chosen from the prompts)",
     "blend": "LocalBlend words: a list or a space-separated text",
+    "blend_exclude": "words whose region LocalBlend keeps from the source (P2P's substruct_words)",
     "reweight": "word=factor: a dict, a list, or a space-separated text",
     "cross_steps": "cross_replace_steps (fraction)",
     "self_steps": "self_replace_steps (fraction)",
@@ -208,8 +209,8 @@ def _controls(record: dict, defaults: Defaults, pie_bench: bool) -> dict:
     """Prompt-to-Prompt controls as the command line makes them (cli.controls_from)."""
     from .cli import controls_from
 
-    blend = record.get("blend", [])
-    blend = blend.split() if isinstance(blend, str) else list(blend)
+    blend, exclude = (record.get(key, []) for key in ("blend", "blend_exclude"))
+    blend, exclude = (w.split() if isinstance(w, str) else list(w) for w in (blend, exclude))
     reweight = record.get("reweight", [])
     if isinstance(reweight, dict):
         reweight = [f"{w}={f}" for w, f in reweight.items()]
@@ -223,7 +224,7 @@ def _controls(record: dict, defaults: Defaults, pie_bench: bool) -> dict:
     side = record.get("self_resolution")
     side = None if side in (None, "") else _number(record, "self_resolution", None, int)
     return controls_from(record.get("kind"), blend, reweight, cross, _number(record, "self_steps", self_, float),
-                         side, _number(record, "layout_guidance", 0.0, float))
+                         side, _number(record, "layout_guidance", 0.0, float), blend_exclude=exclude)
 
 
 def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:

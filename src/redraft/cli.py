@@ -103,6 +103,8 @@ def edit_options(fn):
         click.option("--kind", type=click.Choice(["replace", "refine", "reweight"]), default=None,
                      help="edit kind (default: chosen from the prompts)."),
         click.option("--blend", multiple=True, help="LocalBlend word (repeatable): only its region changes."),
+        click.option("--blend-exclude", multiple=True, metavar="WORD",
+                     help="with --blend: this word's region is kept from the source (repeatable)."),
         click.option("--reweight", multiple=True, metavar="WORD=FACTOR", help="re-weight a word (repeatable)."),
         click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps (fraction)."),
         click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps (fraction)."),
@@ -135,7 +137,7 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
 
 
 def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None, layout_guidance=0.0,
-                  layout_steps=0.5) -> dict:
+                  layout_steps=0.5, blend_exclude=()) -> dict:
     weights = {}
     for item in reweight:
         word, sep, factor = item.partition("=")
@@ -145,7 +147,10 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
             weights[word] = float(factor)
         except ValueError:
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
-    return dict(kind=kind, blend=list(blend), reweight=weights, cross_replace_steps=cross_steps,
+    if blend_exclude and not blend:
+        raise InputError("--blend-exclude takes a region out of the blended one: give --blend WORD too.")
+    return dict(kind=kind, blend=list(blend), blend_exclude=list(blend_exclude), reweight=weights,
+                cross_replace_steps=cross_steps,
                 self_replace_steps=self_steps, self_max_resolution=self_resolution,
                 layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
 
@@ -173,7 +178,7 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @edit_options
 @click.pass_context
 @friendly
-def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, reweight, cross_steps, self_steps,
+def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend_exclude, reweight, cross_steps, self_steps,
          self_resolution, layout_guidance, layout_steps, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
@@ -181,7 +186,7 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps)
+                             layout_steps, blend_exclude)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
@@ -203,14 +208,14 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, rewei
 @edit_options
 @click.pass_context
 @friendly
-def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, reweight, cross_steps, self_steps,
+def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exclude, reweight, cross_steps, self_steps,
              self_resolution, layout_guidance, layout_steps, output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps)
+                             layout_steps, blend_exclude)
     editor = editor_from(ctx)
     images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
     write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)

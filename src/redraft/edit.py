@@ -29,7 +29,8 @@ class Controls:
     end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
     reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
     attention marks the region that may change (LocalBlend), with its threshold and start (fraction of
-    the steps). self_max_resolution: self-attention is injected in layers whose side is at most this
+    the steps); blend_exclude: words whose region is taken out of it (P2P's substruct_words).
+    self_max_resolution: self-attention is injected in layers whose side is at most this
     (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
     a few latent cells (the shapes model) keeps its layout only with the latent's full side.
     layout_guidance: the step size (latent units) of layout guidance (`redraft.guidance`), which moves
@@ -45,6 +46,7 @@ class Controls:
     blend_threshold: float = 0.3
     blend_start: float = 0.2
     blend_resolution: int | None = None
+    blend_exclude: Sequence[str] = ()
     self_max_resolution: int | None = None
     layout_guidance: float = 0.0
     layout_guidance_steps: float | tuple = 0.5
@@ -101,34 +103,50 @@ class LocalBlend:
     latent is reset to the source's, from `start` of the steps on. The region of edit b is the union of
     the source words' region in prompt 0 and the target words' region in prompt b, each from the
     stored cross-attention (averaged over layers and heads), 3x3 max-pooled, resized to the latent,
-    normalised by its max and thresholded. Works for any number of target prompts."""
+    normalised by its max and thresholded. `exclude_words` (the P2P code's `substruct_words`) take their
+    region, found the same way but not pooled, out of the mask: blending on "background" while excluding
+    the object's noun changes the background and keeps the object. Works for any number of target prompts."""
 
     def __init__(self, tokenizer, prompts: Sequence[str], blend_words: Sequence[str], control: AttentionControl,
-                 steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None):
-        self.tokens = []
-        for p in prompts:
-            found = [t for word in blend_words if word_in(tokenizer, p, word) for t in W.find_word(tokenizer, p, word)]
-            self.tokens.append(found)
-        missing = [w for w in blend_words if not any(word_in(tokenizer, p, w) for p in prompts)]
-        if missing:
-            raise InputError(f"blend word(s) {missing} appear in none of the prompts {list(prompts)}.")
+                 steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None,
+                 exclude_words: Sequence[str] = ()):
+        self.tokens = _word_tokens_per_prompt(tokenizer, prompts, blend_words, "blend")
+        self.exclude = _word_tokens_per_prompt(tokenizer, prompts, exclude_words, "excluded blend") \
+            if exclude_words else None
         self.control, self.threshold, self.resolution = control, threshold, resolution
         self.start = int(start * steps)
         self.mask: torch.Tensor | None = None
+
+    def region(self, maps: torch.Tensor, tokens: list[list[int]], size, pool: bool) -> torch.Tensor:
+        """[B, 1, h, w] booleans: where prompt b's tokens, or the source's, attend above the threshold."""
+        region = torch.stack([maps[b, :, :, t].sum(-1) if t else torch.zeros_like(maps[b, :, :, 0])
+                              for b, t in enumerate(tokens)])[:, None]
+        if pool:
+            region = F.max_pool2d(region, 3, stride=1, padding=1)
+        region = F.interpolate(region, size=size, mode="bilinear", align_corners=False)
+        region = region / region.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        inside = region > self.threshold
+        return inside[:1] | inside
 
     def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor | None:
         if i < self.start:
             return None
         resolution = self.resolution or default_resolution(self.control)
         maps = self.control.cross_maps(resolution).to(z.device)  # [B, h, w, L]
-        region = torch.stack([maps[b, :, :, t].sum(-1) if t else torch.zeros_like(maps[b, :, :, 0])
-                              for b, t in enumerate(self.tokens)])[:, None]
-        region = F.max_pool2d(region, 3, stride=1, padding=1)
-        region = F.interpolate(region, size=z.shape[-2:], mode="bilinear", align_corners=False)
-        region = region / region.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-        inside = region > self.threshold
-        self.mask = inside[:1] | inside
+        self.mask = self.region(maps, self.tokens, z.shape[-2:], pool=True)
+        if self.exclude is not None:
+            self.mask = self.mask & ~self.region(maps, self.exclude, z.shape[-2:], pool=False)
         return z[:1] + self.mask * (z - z[:1])
+
+
+def _word_tokens_per_prompt(tokenizer, prompts: Sequence[str], words: Sequence[str], what: str) -> list[list[int]]:
+    """For each prompt, the token positions of those of `words` it contains; each word must be in one."""
+    missing = [w for w in words if not any(word_in(tokenizer, p, w) for p in prompts)]
+    if missing:
+        raise InputError(f"{what} word(s) {missing} appear in none of the prompts {list(prompts)}; "
+                         "use words of the source or target prompt.")
+    return [[t for word in words if word_in(tokenizer, p, word) for t in W.find_word(tokenizer, p, word)]
+            for p in prompts]
 
 
 def word_in(tokenizer, prompt: str, word: str) -> bool:

@@ -67,12 +67,14 @@ def kept(image, truth: world.Scene) -> bool:
     return same and shift <= POSITION_TOLERANCE
 
 
-def blend_words(e: world.Edit) -> tuple[str, ...]:
-    """The words whose attention marks what an edit may change, for P2P's local blending: "background"
-    for background edits, else the shape's noun in the source and the target prompt."""
+def blend_words(e: world.Edit) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """P2P's local blending for an edit: the words whose attention marks what it may change, and the
+    words whose region is kept (`Controls.blend_exclude`). Background edits change "background" but not
+    the shape's noun; the others change the shape's noun in the source and the target prompt."""
+    nouns = tuple(dict.fromkeys((e.source.shape, e.target.shape)))
     if e.kind.endswith("background"):
-        return ("background",)
-    return tuple(dict.fromkeys((e.source.shape, e.target.shape)))
+        return ("background",), nouns
+    return nouns, ()
 
 
 def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
@@ -109,10 +111,10 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
                 swaps: dict[tuple, list] = {}  # edits that share their blend words are made in one batch
                 for kind, e in group:
                     if kind != "reweight":
-                        swaps.setdefault(blend_words(e) if blend else (), []).append((kind, e))
-                for words, batch in swaps.items():
+                        swaps.setdefault(blend_words(e) if blend else ((), ()), []).append((kind, e))
+                for (words, exclude), batch in swaps.items():
                     images = editor.edit(inv, [e.target_prompt for _, e in batch], direct=direct, progress=False,
-                                         blend=words, **controls)
+                                         blend=words, blend_exclude=exclude, **controls)
                     for (kind, e), image in zip(batch, images[1:]):
                         record(rows, kind, image, e.target)
                 if swaps and source_prompt == scene.prompt():  # every batch's source branch is the same
@@ -120,8 +122,9 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
                 for kind, e in group:
                     if kind == "reweight":
                         factor = rng.choice([0.5, 2.0])
+                        words, exclude = blend_words(e) if blend else ((), ())
                         image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, direct=direct,
-                                            progress=False, blend=blend_words(e) if blend else (), **controls)[1]
+                                            progress=False, blend=words, blend_exclude=exclude, **controls)[1]
                         record(rows, kind, image, e.target)
             rows["seconds"].append(time.perf_counter() - started)
         out[method] = {k: float(np.median(v) if k.endswith("shift") else np.mean(v)) for k, v in rows.items()}
