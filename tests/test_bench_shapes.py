@@ -16,7 +16,7 @@ def test_blend_words_mark_the_part_that_changes():
     rng = random.Random(0)
     edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
     # background edits change the background and keep the object (its noun's region is excluded)
-    assert blend_words(edits["background"]) == blend_words(edits["add-background"]) == (("background",), ("circle",))
+    assert blend_words(edits["background"]) == blend_words(edits["add-background"]) == ((), ("circle",))
     assert blend_words(edits["color"]) == blend_words(edits["size"]) == blend_words(edits["reweight"]) == (("circle",), ())
     assert blend_words(edits["shape"]) == (("circle", edits["shape"].target.shape), ())
 

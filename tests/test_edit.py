@@ -52,8 +52,8 @@ def test_local_blend_exclude_takes_a_region_out_of_the_mask(editor):
     x_T = editor.initial_noise(5).expand(2, -1, -1, -1)
     cond, uncond = editor.embed(prompts), editor.embed([""] * 2)
 
-    def blended(**controls):
-        z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=["cat", "dog"], **controls),
+    def blended(blend=("cat", "dog"), **controls):
+        z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=blend, **controls),
                         None, False, "test")
         return z, editor.last_blend.mask
 
@@ -63,6 +63,10 @@ def test_local_blend_exclude_takes_a_region_out_of_the_mask(editor):
     assert 0 < mask[1].float().sum() < whole[1].float().sum()  # ...some of them, not all
     outside = ~mask.expand_as(z)
     assert torch.equal(z[1][outside[1]], z[0][outside[1]])  # the excluded cells are the source's
+    z, alone = blended(blend=(), blend_threshold=0.9, blend_exclude=["photo"])  # everything but "photo"'s region
+    assert 0 < alone[1].float().mean() < 1 and torch.equal(mask, whole & alone)
+    outside = ~alone.expand_as(z)
+    assert torch.equal(z[1][outside[1]], z[0][outside[1]])
     with pytest.raises(InputError, match="horse"):
         blended(blend_exclude=["horse"])
 

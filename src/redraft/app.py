@@ -174,8 +174,6 @@ class App:
             raise InputError("write a target prompt: the source prompt with the words you want changed.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
-        if words_of(blend_exclude) and not words_of(blend):
-            raise InputError("words kept from the input need local blend words too: the region they are taken from.")
         controls = dict(kind=None if kind in (None, "auto") else kind, blend=words_of(blend),
                         blend_exclude=words_of(blend_exclude),
                         reweight={w: float(factor) for w in words_of(reweight)},
@@ -266,7 +264,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     kind = gr.Dropdown(KINDS, value="auto", label="edit kind", elem_id="kind")
                     blend = gr.Textbox(label="local blend: words whose region may change (empty: all of it)",
                                        elem_id="blend")
-                    blend_exclude = gr.Textbox(label="local blend: words whose region is kept from the input",
+                    blend_exclude = gr.Textbox(label="local blend: words whose region is kept from the input "
+                                               "(alone: everything else may change)",
                                                elem_id="blend-exclude")
                     reweight = gr.Textbox(label="re-weight these words of the target", elem_id="reweight")
                     factor = gr.Slider(-2, 5, value=2.0, step=0.1, label="re-weight factor "

@@ -104,7 +104,8 @@ def edit_options(fn):
                      help="edit kind (default: chosen from the prompts)."),
         click.option("--blend", multiple=True, help="LocalBlend word (repeatable): only its region changes."),
         click.option("--blend-exclude", multiple=True, metavar="WORD",
-                     help="with --blend: this word's region is kept from the source (repeatable)."),
+                     help="LocalBlend: this word's region is kept from the source (repeatable); without "
+                     "--blend, everything else may change."),
         click.option("--reweight", multiple=True, metavar="WORD=FACTOR", help="re-weight a word (repeatable)."),
         click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps (fraction)."),
         click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps (fraction)."),
@@ -147,8 +148,6 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
             weights[word] = float(factor)
         except ValueError:
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
-    if blend_exclude and not blend:
-        raise InputError("--blend-exclude takes a region out of the blended one: give --blend WORD too.")
     return dict(kind=kind, blend=list(blend), blend_exclude=list(blend_exclude), reweight=weights,
                 cross_replace_steps=cross_steps,
                 self_replace_steps=self_steps, self_max_resolution=self_resolution,

@@ -29,7 +29,8 @@ class Controls:
     end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
     reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
     attention marks the region that may change (LocalBlend), with its threshold and start (fraction of
-    the steps); blend_exclude: words whose region is taken out of it (P2P's substruct_words).
+    the steps); blend_exclude: words whose region is kept from the source, taken out of the blend
+    words' region or, without blend words, out of the whole image (P2P's substruct_words).
     self_max_resolution: self-attention is injected in layers whose side is at most this
     (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
     a few latent cells (the shapes model) keeps its layout only with the latent's full side.
@@ -104,8 +105,9 @@ class LocalBlend:
     the source words' region in prompt 0 and the target words' region in prompt b, each from the
     stored cross-attention (averaged over layers and heads), 3x3 max-pooled, resized to the latent,
     normalised by its max and thresholded. `exclude_words` (the P2P code's `substruct_words`) take their
-    region, found the same way but not pooled, out of the mask: blending on "background" while excluding
-    the object's noun changes the background and keeps the object. Works for any number of target prompts."""
+    region, found the same way but not pooled, out of the mask; with no blend words the mask is
+    everything but that region (excluding the object's noun changes the background and keeps the
+    object). Works for any number of target prompts."""
 
     def __init__(self, tokenizer, prompts: Sequence[str], blend_words: Sequence[str], control: AttentionControl,
                  steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None,
@@ -133,7 +135,10 @@ class LocalBlend:
             return None
         resolution = self.resolution or default_resolution(self.control)
         maps = self.control.cross_maps(resolution).to(z.device)  # [B, h, w, L]
-        self.mask = self.region(maps, self.tokens, z.shape[-2:], pool=True)
+        if any(self.tokens):
+            self.mask = self.region(maps, self.tokens, z.shape[-2:], pool=True)
+        else:
+            self.mask = torch.ones((len(z), 1, *z.shape[-2:]), dtype=torch.bool, device=z.device)
         if self.exclude is not None:
             self.mask = self.mask & ~self.region(maps, self.exclude, z.shape[-2:], pool=False)
         return z[:1] + self.mask * (z - z[:1])

@@ -69,11 +69,12 @@ def kept(image, truth: world.Scene) -> bool:
 
 def blend_words(e: world.Edit) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """P2P's local blending for an edit: the words whose attention marks what it may change, and the
-    words whose region is kept (`Controls.blend_exclude`). Background edits change "background" but not
-    the shape's noun; the others change the shape's noun in the source and the target prompt."""
+    words whose region is kept (`Controls.blend_exclude`). Background edits change everything but the
+    shape's noun ("background" attends to the object too on this model); the others change the
+    shape's noun in the source and the target prompt."""
     nouns = tuple(dict.fromkeys((e.source.shape, e.target.shape)))
     if e.kind.endswith("background"):
-        return ("background",), nouns
+        return (), nouns
     return nouns, ()
 
 
