@@ -60,7 +60,7 @@ def test_follows_its_prompts(builtin):
     assert right["shape"] >= 23, right
 
 
-def test_unet_learning_rate_restarts_once():
+def test_unet_learning_rate_restarts():
     """Warm-up and cosine decay to 0 over the first cycle, then again from `unet_restart_lr` (SGDR)."""
     from redraft.shapes.train import Recipe, unet_lr
 
@@ -73,6 +73,9 @@ def test_unet_learning_rate_restarts_once():
     assert unet_lr(1000, r) == pytest.approx(4e-4 / 50)  # the restart warms up again
     assert unet_lr(1049, r) == pytest.approx(4e-4 * 0.5 * (1 + np.cos(np.pi * 49 / 500)))
     assert unet_lr(1250, r) == pytest.approx(2e-4) and unet_lr(1499, r) < 1e-8
+    more = Recipe(**{**r.__dict__, "unet_more_restarts": ((200, 1e-4),)})  # a third cycle, same warm-up
+    assert [unet_lr(s, more) for s in (0, 1000, 1250)] == [unet_lr(s, r) for s in (0, 1000, 1250)]
+    assert unet_lr(1500, more) == pytest.approx(1e-4 / 50) and unet_lr(1600, more) == pytest.approx(0.5e-4)
 
 
 def test_a_recipe_with_16_token_positions_makes_a_working_pipeline(tmp_path):

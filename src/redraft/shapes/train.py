@@ -16,6 +16,7 @@ Scenes whose `split` is "test" are never used here: benchmarks and the demo draw
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -77,6 +78,8 @@ class Recipe:
     unet_restart_steps: int = 3500
     unet_restart_lr: float = 5e-4
     unet_restart_warmup: int = 100
+    # Further warm restarts, each (steps, peak lr), with the restart's warm-up.
+    unet_more_restarts: tuple[tuple[int, float], ...] = ()
     min_snr_gamma: float = 5.0
     p_empty: float = 0.1
     p_size: float = 0.7
@@ -324,11 +327,19 @@ def loss_weights(alphas: torch.Tensor, r: Recipe) -> torch.Tensor:
     return torch.clamp(snr + 1, max=r.min_snr_gamma + 1) / (snr + 1)
 
 
+def unet_cycles(r: Recipe) -> list[tuple[int, float, int]]:
+    """The UNet's learning-rate cycles, each (steps, peak lr, warm-up steps): the first, then the restarts."""
+    restarts = [(r.unet_restart_steps, r.unet_restart_lr), *r.unet_more_restarts]
+    return [(r.unet_steps, r.unet_lr, r.unet_warmup), *((n, lr, r.unet_restart_warmup) for n, lr in restarts if n)]
+
+
 def unet_lr(step: int, r: Recipe) -> float:
-    """Linear warm-up then cosine decay to 0, over the first cycle (`unet_steps`) and again over the restart."""
-    peak, warmup, s, n = r.unet_lr, r.unet_warmup, step, r.unet_steps
-    if step >= r.unet_steps:
-        peak, warmup, s, n = r.unet_restart_lr, r.unet_restart_warmup, step - r.unet_steps, r.unet_restart_steps
+    """Linear warm-up then cosine decay to 0 (SGDR), within each cycle of `unet_cycles`."""
+    s = step
+    for n, peak, warmup in unet_cycles(r):
+        if s < n:
+            break
+        s -= n
     return peak * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / n))
 
 
@@ -360,7 +371,8 @@ def train_unet(out: Path, r: Recipe) -> None:
     alphas = torch.tensor(alphas_cumprod())
     weights = loss_weights(alphas, r)
     ids = PromptIds(tokenizer)
-    total = r.unet_steps + r.unet_restart_steps
+    cycle_ends = list(itertools.accumulate(n for n, _, _ in unet_cycles(r)))
+    total = cycle_ends[-1]
     bar = tqdm(total=total, initial=step, desc="unet")
     started, running = time.time() - log["seconds"], None
     while step < total:
@@ -403,7 +415,7 @@ def train_unet(out: Path, r: Recipe) -> None:
             acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling, r.prediction_type)
             log["accuracy"].append([step, acc])
             tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
-        ckpt.maybe(step in (r.unet_steps, total), modules, opt, step, log)
+        ckpt.maybe(step in cycle_ends, modules, opt, step, log)
     save_file({k: v.contiguous() for k, v in ema_unet.state_dict().items()}, str(done))
     save_file({k: v.contiguous() for k, v in ema_text.state_dict().items()}, str(work / "text_ema.safetensors"))
     (work / "unet_log.json").write_text(json.dumps(log))
