@@ -43,3 +43,10 @@ def test_outcome_tells_a_moved_edit_from_a_misdrawn_one():
     check(truth, True, 0, True)
     check(truth.replace(cx=36), True, 6, False)
     check(truth.replace(color="red", cy=32), False, 2, False)
+
+
+def test_table_without_edits_says_so():
+    from redraft.bench.shapes import table
+
+    text = table({"generation": {"all": 0.5, "shape": 0.5}, "vae_psnr": 30.0, "inversion_and_editing": {}})
+    assert "generation (all attributes right): 50.0%" in text and "editing: not run" in text and "nan" not in text

@@ -138,7 +138,8 @@ def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-pr
         "model": editor.model_id,
         "generation": generation(editor, n_generation) if n_generation else None,
         "vae_psnr": vae_ceiling(editor),
-        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, **controls),
+        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, **controls)
+        if n_edit else {},
         "controls": {**controls, "blend": blend},
     }
 
@@ -149,6 +150,8 @@ def table(result: dict) -> str:
              + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all") if g else "generation: not run",
              f"VAE ceiling: {result['vae_psnr']:.2f} dB"]
     kinds = [k for k in world.EDIT_KINDS]
+    if not result["inversion_and_editing"]:
+        return "\n".join([*lines, "inversion and editing: not run"])
     lines.append(f"{'method':<16} {'PSNR':>6} {'s/scene':>8} " + " ".join(f"{k:>14}" for k in kinds))
     for method, r in result["inversion_and_editing"].items():
         lines.append(f"{method:<16} {r['psnr']:>6.2f} {r['seconds']:>8.1f} "
