@@ -49,4 +49,4 @@ def test_table_without_edits_says_so():
     from redraft.bench.shapes import table
 
     text = table({"generation": {"all": 0.5, "shape": 0.5}, "vae_psnr": 30.0, "inversion_and_editing": {}})
-    assert "generation (all attributes right): 50.0%" in text and "editing: not run" in text and "nan" not in text
+    assert "generation (all attributes right, guidance 7.5): 50.0%" in text and "editing: not run" in text and "nan" not in text

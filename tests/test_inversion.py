@@ -162,3 +162,26 @@ def test_bad_model_folders_give_clear_errors(tmp_path, tiny_folder):
     single.write_bytes(b"\x80\x04")
     with pytest.raises(InputError, match="single-file"):
         redraft.load(str(single), device="cpu")
+
+
+def test_a_model_folder_sets_its_default_guidance(tmp_path, tiny_folder, image):
+    import json
+    import shutil
+
+    assert redraft.load(str(tiny_folder), device="cpu").guidance_scale == 7.5  # SD's, when the folder says nothing
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "redraft.json").write_text(json.dumps({"guidance_scale": 3.0}))
+    editor = redraft.load(str(folder), device="cpu")
+    assert editor.guidance_scale == 3.0
+    assert editor.invert(image, PROMPT, method="ddim", steps=2, progress=False).guidance_scale == 3.0
+    assert editor.invert(image, PROMPT, method="ddim", steps=2, guidance_scale=5.0, progress=False).guidance_scale == 5.0
+    three = editor.generate(PROMPT, seed=0, steps=3, progress=False)[0]
+    assert np.array_equal(np.asarray(three), np.asarray(editor.generate(PROMPT, seed=0, steps=3, guidance_scale=3.0,
+                                                                         progress=False)[0]))
+    assert not np.array_equal(np.asarray(three), np.asarray(editor.generate(PROMPT, seed=0, steps=3, guidance_scale=7.5,
+                                                                             progress=False)[0]))
+    for bad in ('{"guidance_scale": "high"}', "[3]", '{"guidance_scale": -1}'):
+        (folder / "redraft.json").write_text(bad)
+        with pytest.raises(InputError, match="redraft.json"):
+            redraft.load(str(folder), device="cpu")

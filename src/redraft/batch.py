@@ -63,7 +63,7 @@ class Defaults:
 
     method: str = "negative-prompt"
     steps: int = 50
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the model's (Editor.guidance_scale)
     direct: bool = False
     cross_steps: float | None = None  # None: 0.8, or PIE-Bench's 0.4
     self_steps: float | None = None  # None: 0.4, or PIE-Bench's 0.6
@@ -80,7 +80,7 @@ class Item:
     controls: dict
     method: str
     steps: int
-    guidance: float
+    guidance: float | None  # None: the model's
     direct: bool = False
     mask: str | list[int] | None = None  # a mask image path, or run-length pairs over the image's grid
     editing_type: str | None = None
@@ -171,6 +171,8 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
             raise InputError(f"unknown method {item.method!r}; use ddim, null-text or negative-prompt.")
         item.steps = _number(record, "steps", defaults.steps, int)
         item.guidance = _number(record, "guidance", defaults.guidance, float)
+        if item.guidance is not None and item.guidance < 0:
+            raise InputError(f"guidance must be 0 or more; got {item.guidance}.")
         item.direct = _flag(record.get("direct", defaults.direct))
         item.controls = _controls(record, defaults, pie_bench=False)
         mask = record.get("mask")
@@ -184,6 +186,8 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
 
 def _number(record: dict, key: str, default, kind):
     value = record.get(key, default)
+    if value is None:  # neither the record nor the defaults set it: the model's own (guidance)
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -333,8 +337,9 @@ def _saved_inversion(path: Path, item: Item, editor):
         inv = Inversion.load(path)
     except InputError:
         return None
+    guidance = editor.guidance_scale if item.guidance is None else item.guidance
     same = (inv.method, inv.steps, inv.guidance_scale, inv.model_fingerprint) == \
-        (item.method, item.steps, item.guidance, editor.fingerprint)
+        (item.method, item.steps, guidance, editor.fingerprint)
     return inv if same and (item.prompt is None or inv.prompt == item.prompt) else None
 
 

@@ -49,7 +49,8 @@ def editor_from(ctx):
 @click.option("--prompt", "-p", default=None, help="the text that describes the image (default: its description).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
 @click.option("--null-init", type=click.Choice(["null", "source"]), default="null", show_default=True,
               help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
 @click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
@@ -203,7 +204,8 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend
 @click.option("--prompt", "-p", required=True, help="source prompt.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", default=7.5, show_default=True)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
 @edit_options
 @click.pass_context
 @friendly
@@ -297,16 +299,19 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="layout guidance step size of the edits (0: off).")
 @click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale of generation and inversion (default: the model's).")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
-                 layout_steps, out_dir):
+                 layout_steps, guidance, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
-    result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, self_replace_steps=self_steps,
+    result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance,
+                   self_replace_steps=self_steps,
                    cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
     click.echo(b.table(result))
@@ -521,7 +526,8 @@ def describe(ctx, images, k, as_json):
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True,
               help="inversion method of the items that set none.")
 @click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", default=7.5, show_default=True)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
 @click.option("--direct", is_flag=True, help="Direct Inversion for the items that set none (with --method ddim).")
 @click.option("--cross-steps", type=float, default=None, help="cross_replace_steps (default 0.8; PIE-Bench 0.4).")
 @click.option("--self-steps", type=float, default=None, help="self_replace_steps (default 0.4; PIE-Bench 0.6).")

@@ -20,7 +20,7 @@ from .errors import InputError
 from .guidance import layout_guidance
 from .image import ImageLike, fit, load_image, to_pil, to_tensor
 from .inversion import METHODS, Cost, Inversion
-from .loading import BUILTIN, default_device, fingerprint, load_pipeline
+from .loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
 from .prompts import check_prompt, encode_prompts
 from .sampling import CountedUNet, denoise
 
@@ -30,19 +30,24 @@ def load(model: str | None = None, *, device: str | torch.device | None = None,
     """Load a Stable Diffusion pipeline (diffusers folder or hub id; None: the built-in shapes model).
 
     Device defaults to CUDA when present; dtype to fp16 on CUDA and fp32 on the CPU. `describer`: a
-    describer folder for `Editor.describe` (default: `<model folder>/describer` if there is one).
+    describer folder for `Editor.describe` (default: `<model folder>/describer` if there is one). The
+    editor's `guidance_scale` is the model's own (`loading.recommended_guidance`: SD's 7.5 unless the
+    folder says otherwise).
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     pipe = load_pipeline(model, device, dtype)
-    return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer)
+    return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer,
+                  guidance_scale=recommended_guidance(model))
 
 
 class Editor:
     """Inverts, reconstructs and (with `redraft.edit`) edits images with one Stable Diffusion pipeline."""
 
-    def __init__(self, pipeline, model_id: str, describer: str | Path | None = None):
+    def __init__(self, pipeline, model_id: str, describer: str | Path | None = None,
+                 guidance_scale: float = DEFAULT_GUIDANCE):
         self.pipeline = pipeline
+        self.guidance_scale = guidance_scale  # used wherever a call gives none
         self.model_id = model_id
         self.describer_path = Path(describer) if describer is not None else None  # None: the model's own
         self._describer = None  # loaded on first use
@@ -112,7 +117,7 @@ class Editor:
     # ------------------------------------------------------------------ inversion
 
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
-               method: str = "negative-prompt", steps: int = 50, guidance_scale: float = 7.5,
+               method: str = "negative-prompt", steps: int = 50, guidance_scale: float | None = None,
                null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
                keep_aspect: bool = False, progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
@@ -121,7 +126,9 @@ class Editor:
         method: "ddim" (the pivot alone; reconstructed at `guidance_scale`, 1 for the no-CFG baseline),
         "null-text" (Mokady et al.; `null_init="source"` starts from the prompt's embedding,
         `global_null=True` optimises one embedding for all steps), or "negative-prompt" (Miyake et al.).
+        `guidance_scale`: None is the editor's (the model's default).
         """
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         if null_init not in ("null", "source"):
@@ -199,13 +206,14 @@ class Editor:
     # ------------------------------------------------------------------ generation and editing
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
-                 guidance_scale: float = 7.5, negative_prompt: str = "", progress: bool = True,
+                 guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
                  **controls) -> list[Image.Image]:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it (`controls`: see
-        `redraft.edit.Controls`). Returns one image per prompt.
+        `redraft.edit.Controls`). Returns one image per prompt. `guidance_scale`: None is the editor's.
         """
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         schedule = self.schedule(steps)
         cond = self.embed(prompts)

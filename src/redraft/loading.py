@@ -12,11 +12,29 @@ import torch
 from .errors import InputError
 
 BUILTIN = "builtin:shapes"
+DEFAULT_GUIDANCE = 7.5  # SD 1.x / 2.x's classifier-free guidance scale (and P2P's, null-text's)
+SETTINGS = "redraft.json"  # optional, in a model folder: {"guidance_scale": ...}, the model's own default
 
 
 def builtin_path() -> Path:
     """The built-in shapes model, shipped as package data."""
     return Path(str(resources.files("redraft") / "assets" / "shapes-model"))
+
+
+def recommended_guidance(model: str | Path | None) -> float:
+    """The guidance scale a model is used at unless told otherwise: `guidance_scale` of the folder's
+    redraft.json (the built-in shapes model's was chosen on validation prompts: docs/shapes-model.md),
+    else SD's 7.5."""
+    path = Path(str(builtin_path() if model is None else model)) / SETTINGS
+    if not path.is_file():
+        return DEFAULT_GUIDANCE
+    try:
+        value = json.loads(path.read_text()).get("guidance_scale", DEFAULT_GUIDANCE)
+    except (ValueError, AttributeError):
+        raise InputError(f"{path} is not a JSON object such as {{\"guidance_scale\": 7.5}}; fix or delete it.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InputError(f"{path}: guidance_scale must be a number of 0 or more; got {value!r}.")
+    return float(value)
 
 
 def default_device() -> torch.device:

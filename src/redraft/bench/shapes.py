@@ -28,7 +28,9 @@ POSITION_TOLERANCE = 3  # px: an edit keeps the object's place if its centre mov
 
 
 @torch.no_grad()
-def generation(editor, n: int, steps: int = 50, guidance_scale: float = 7.5, batch: int = 32) -> dict:
+def generation(editor, n: int, steps: int = 50, guidance_scale: float | None = None, batch: int = 32) -> dict:
+    """Share of n held-out prompts whose every named attribute reads back right (guidance: the model's)."""
+    guidance_scale = editor.guidance_scale if guidance_scale is None else guidance_scale
     rng = random.Random(SEED)
     scenes = world.scenes(SEED, n, split="test")
     prompts = [world.random_prompt(s, rng) for s in scenes]
@@ -86,13 +88,13 @@ def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
 
 
 def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, blend: bool = False,
-                          **controls) -> dict:
+                          guidance_scale: float | None = None, **controls) -> dict:
     """Invert n held-out scenes with each method and make one edit of every kind of each.
 
     Methods: "ddim", "null-text", "negative-prompt", or "direct" (Direct Inversion: a DDIM inversion
     whose source branch is kept on its pivot while editing). The reconstruction is the edit's source
     branch, which equals `reconstruct(inversion)`. With `blend`, every edit is locally blended
-    (`LocalBlend`) on its `blend_words`.
+    (`LocalBlend`) on its `blend_words`. `guidance_scale`: None is the model's.
     """
     scenes = world.scenes(SEED + 1, n, split="test")
     out: dict = {}
@@ -108,7 +110,7 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
             started = time.perf_counter()
             for source_prompt, group in by_source.items():
                 inv = editor.invert(world.render(scene), source_prompt, method="ddim" if direct else method,
-                                    steps=steps, progress=False)
+                                    steps=steps, guidance_scale=guidance_scale, progress=False)
                 swaps: dict[tuple, list] = {}  # edits that share their blend words are made in one batch
                 for kind, e in group:
                     if kind != "reweight":
@@ -133,12 +135,15 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
 
 
 def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "direct", "null-text"),
-        blend: bool = False, **controls) -> dict:
+        blend: bool = False, guidance_scale: float | None = None, **controls) -> dict:
+    guidance_scale = editor.guidance_scale if guidance_scale is None else guidance_scale
     return {
         "model": editor.model_id,
-        "generation": generation(editor, n_generation) if n_generation else None,
+        "guidance_scale": guidance_scale,
+        "generation": generation(editor, n_generation, guidance_scale=guidance_scale) if n_generation else None,
         "vae_psnr": vae_ceiling(editor),
-        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, **controls)
+        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend,
+                                                       guidance_scale=guidance_scale, **controls)
         if n_edit else {},
         "controls": {**controls, "blend": blend},
     }
@@ -146,7 +151,7 @@ def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-pr
 
 def table(result: dict) -> str:
     g = result["generation"]
-    lines = [f"generation (all attributes right): {g['all']:.1%}  "
+    lines = [f"generation (all attributes right, guidance {result.get('guidance_scale', 7.5):g}): {g['all']:.1%}  "
              + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all") if g else "generation: not run",
              f"VAE ceiling: {result['vae_psnr']:.2f} dB"]
     kinds = [k for k in world.EDIT_KINDS]
