@@ -23,10 +23,12 @@ def test_blend_words_mark_the_part_that_changes():
 
 def test_blended_editing_measures_every_kind():
     editor = redraft.load(device="cpu")
-    result = inversion_and_editing(editor, 1, ["negative-prompt"], steps=10, blend=True)["negative-prompt"]
+    result = inversion_and_editing(editor, 1, ["direct"], steps=10, blend=True)["direct"]
     assert set(world.EDIT_KINDS) <= set(result)
     assert all(0.0 <= result[kind] <= 1.0 for kind in world.EDIT_KINDS)
-    assert result["psnr"] > 17  # the source branch reconstructs the scene
+    # Direct Inversion keeps the source branch on its pivot: the VAE's ceiling (33.6 dB), where the
+    # 10-step DDIM reconstruction off the pivot gets about 25 dB
+    assert result["psnr"] > 30
     for kind in world.EDIT_KINDS:
         assert result[kind] <= result[f"{kind} attributes"] and result[f"{kind} shift"] >= 0
 
