@@ -150,8 +150,7 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
         except ValueError:
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
     return dict(kind=kind, blend=list(blend), blend_exclude=list(blend_exclude), reweight=weights,
-                cross_replace_steps=cross_steps,
-                self_replace_steps=self_steps, self_max_resolution=self_resolution,
+                cross_replace_steps=cross_steps, self_replace_steps=self_steps, self_max_resolution=self_resolution,
                 layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
 
 
@@ -178,8 +177,8 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @edit_options
 @click.pass_context
 @friendly
-def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend_exclude, reweight, cross_steps, self_steps,
-         self_resolution, layout_guidance, layout_steps, output, force):
+def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend_exclude, reweight, cross_steps,
+         self_steps, self_resolution, layout_guidance, layout_steps, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
@@ -209,8 +208,8 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend
 @edit_options
 @click.pass_context
 @friendly
-def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exclude, reweight, cross_steps, self_steps,
-             self_resolution, layout_guidance, layout_steps, output, force):
+def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exclude, reweight, cross_steps,
+             self_steps, self_resolution, layout_guidance, layout_steps, output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
@@ -311,8 +310,7 @@ def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, bl
 
     editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance,
-                   self_replace_steps=self_steps,
-                   cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+                   self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
