@@ -41,8 +41,8 @@ def run(editor, n_inversion: int = 2, n_generation: int = 64, n_edit: int = 4,
     gen = shapes.generation(editor, n_generation)
     seconds = (time.perf_counter() - started) / n_generation
     passes = editor.unet.forward / n_generation
-    rows.append(Row("generation", f"50 steps, guidance {editor.guidance_scale:g}", "share all attributes right", gen["all"], seconds,
-                    passes, seconds / (passes * forward)))
+    rows.append(Row("generation", f"50 steps, guidance {editor.guidance_scale:g}", "share all attributes right",
+                    gen["all"], seconds, passes, seconds / (passes * forward)))
 
     for method in methods:
         editor.unet.reset()

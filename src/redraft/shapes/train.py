@@ -74,7 +74,7 @@ class Recipe:
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200
-    # Then one warm restart (SGDR, Loshchilov & Hutter 2017): a second cosine cycle on the same weights and
+    # Then warm restarts (SGDR, Loshchilov & Hutter 2017): more cosine cycles on the same weights and
     # optimiser state. The first cycle's figures flattened as its learning rate decayed, loss still falling.
     unet_restart_steps: int = 4000
     unet_restart_lr: float = 5e-4
