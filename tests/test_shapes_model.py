@@ -121,3 +121,53 @@ def test_blank_padding_replaces_only_the_padding_of_the_chosen_rows(tmp_path):
         assert torch.equal(out[row, :words_and_end], context[row, :words_and_end])
         expected = empty[0] if blanked else context[row]
         assert torch.equal(out[row, words_and_end:], expected[words_and_end:])
+
+
+def test_counterfactual_pairs_swap_one_attribute_and_stay_in_training():
+    """Each training scene's pair differs from it in exactly the drawn attribute (the centre only moves
+    when a larger size must fit), every kind is drawn, and no pair is a held-out scene."""
+    from redraft.shapes.train import SWAPS, Recipe, counterfactual_scenes, training_scenes
+
+    r = Recipe(scenes=400)
+    pairs, sources = counterfactual_scenes(r), training_scenes(r)
+    assert len(pairs) == len(sources) and {kind for kind, _ in pairs} == set(SWAPS)
+    for (kind, target), source in zip(pairs, sources):
+        assert target.split == "train"
+        changed = {f for f in ("shape", "color", "size", "background") if getattr(target, f) != getattr(source, f)}
+        assert changed == {kind}
+        if (target.cx, target.cy) != (source.cx, source.cy):
+            assert kind == "size" and target.size == "large"
+    assert counterfactual_scenes(r) == pairs  # seeded
+
+
+def test_objective_asks_for_the_given_x0_from_the_noisy_latent():
+    """`objective` gives the usual eps / v targets for a row's own latent, and for another latent the
+    output whose x0 estimate (sqrt(a) zt - sqrt(1 - a) v) is that latent."""
+    import torch
+
+    from redraft.shapes.train import objective
+
+    g = torch.Generator().manual_seed(0)
+    x0, other, noise = (torch.randn(3, 4, 16, 16, generator=g) for _ in range(3))
+    a = torch.tensor([0.9, 0.3, 0.01]).view(-1, 1, 1, 1)
+    zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    assert torch.allclose(objective(zt, x0, a, "epsilon"), noise, atol=1e-4)
+    assert torch.allclose(objective(zt, x0, a, "v_prediction"), a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-4)
+    v = objective(zt, other, a, "v_prediction")
+    assert torch.allclose(a.sqrt() * zt - (1 - a).sqrt() * v, other, atol=1e-4)
+    eps = objective(zt, other, a, "epsilon")
+    assert torch.allclose((zt - (1 - a).sqrt() * eps) / a.sqrt(), other, atol=1e-4)
+
+
+def test_counterfactual_prompts_name_the_swapped_attribute():
+    """A counterfactual row's prompt is never empty and always names the attribute that was swapped."""
+    import random
+
+    from redraft.shapes.train import Recipe, sample_prompt
+
+    r, rng = Recipe(p_empty=0.5, p_size=0.0, p_background=0.0), random.Random(0)
+    scene = world.Scene("circle", "red", "small", "white", 20, 20)
+    assert "" in {sample_prompt(scene, rng, r) for _ in range(50)}
+    assert all("small" in sample_prompt(scene, rng, r, names="size") for _ in range(20))
+    assert all("white background" in sample_prompt(scene, rng, r, names="background") for _ in range(20))
+    assert all(sample_prompt(scene, rng, r, names="color") == "a red circle" for _ in range(20))

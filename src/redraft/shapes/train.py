@@ -82,6 +82,14 @@ class Recipe:
     # Further warm restarts, each (steps, peak lr), with the restart's warm-up. The third cycle took the
     # validation prompts from 83% to 89% right (docs/shapes-model.md).
     unet_more_restarts: tuple[tuple[int, float], ...] = ((2000, 2.5e-4),)
+    # Counterfactual pairs, from step `counterfactual_from_step` on: in a share of the rows with t at least
+    # `counterfactual_min_t`, the noisy latent of a scene is paired with the prompt of the same scene with
+    # one attribute swapped, and the target is that scene's latent (`counterfactual_scenes`). The model
+    # learns to keep the object where the noisy latent puts it when the prompt names other attributes:
+    # without them, one changed word moved the object 2 to 9 px (median) in edits (docs/shapes-model.md).
+    p_counterfactual: float = 0.0
+    counterfactual_from_step: int = 0
+    counterfactual_min_t: int = 400
     min_snr_gamma: float = 5.0
     p_empty: float = 0.1
     p_size: float = 0.7
@@ -224,22 +232,53 @@ def train_vae(out: Path, r: Recipe) -> None:
 # ----------------------------------------------------------------------------- stage 2: latents
 
 
+SWAPS = ("color", "shape", "size", "background")
+
+
+def counterfactual_scenes(r: Recipe) -> list[tuple[str, world.Scene]]:
+    """For each training scene, (kind, scene with that one attribute swapped), drawn with a fixed seed.
+
+    The position is kept (clamped into range when the size grows, as `world.random_edit` does), and
+    the swapped scene is itself a training scene: held-out scenes stay unseen in either role."""
+    rng = random.Random(f"counterfactual-{r.seed}")
+    pairs = []
+    for scene in training_scenes(r):
+        while True:
+            kind = rng.choice(SWAPS)
+            target = world.random_edit(scene, kind, rng).target
+            if target.split == "train":
+                break
+        pairs.append((kind, target))
+    return pairs
+
+
 @torch.no_grad()
+def encode_scenes(vae, scenes: list, desc: str) -> torch.Tensor:
+    """The VAE's posterior means of rendered scenes, 500 at a time."""
+    chunks = []
+    for i in tqdm(range(0, len(scenes), 500), desc=desc):
+        chunks.append(vae.encode(render_batch(scenes[i:i + 500])).latent_dist.mean)
+    return torch.cat(chunks)
+
+
+def trained_vae(out: Path, r: Recipe):
+    vae = build_vae(r)
+    vae.load_state_dict(load_file(str(out / "work" / "vae.safetensors")))
+    return vae.eval()
+
+
 def encode_latents(out: Path, r: Recipe) -> None:
     work = out / "work"
     done = work / "latents.safetensors"
-    if done.exists():
-        return
-    vae = build_vae(r)
-    vae.load_state_dict(load_file(str(work / "vae.safetensors")))
-    vae.eval()
-    scenes = training_scenes(r)
-    chunks = []
-    for i in tqdm(range(0, len(scenes), 500), desc="latents"):
-        chunks.append(vae.encode(render_batch(scenes[i:i + 500])).latent_dist.mean)
-    latents = torch.cat(chunks)
-    scaling = 1.0 / latents.std().item()
-    save_file({"latents": latents.contiguous()}, str(done), metadata={"scaling_factor": str(scaling)})
+    if not done.exists():
+        latents = encode_scenes(trained_vae(out, r), training_scenes(r), "latents")
+        scaling = 1.0 / latents.std().item()
+        save_file({"latents": latents.contiguous()}, str(done), metadata={"scaling_factor": str(scaling)})
+    counterfactuals = work / "counterfactuals.safetensors"
+    if r.p_counterfactual > 0 and not counterfactuals.exists():
+        scenes = [target for _, target in counterfactual_scenes(r)]
+        latents = encode_scenes(trained_vae(out, r), scenes, "counterfactual latents")
+        save_file({"latents": latents.contiguous()}, str(counterfactuals))
 
 
 # ----------------------------------------------------------------------------- stage 3: UNet
@@ -265,10 +304,14 @@ class PromptIds:
         return torch.stack([self.cache[p] for p in prompts])
 
 
-def sample_prompt(scene, rng: random.Random, r: Recipe) -> str:
-    if rng.random() < r.p_empty:
+def sample_prompt(scene, rng: random.Random, r: Recipe, names: str | None = None) -> str:
+    """A training prompt of `scene` (empty in a share `p_empty`), or, when `names` is an attribute, one
+    that is never empty and always names that attribute (the prompt of a counterfactual pair)."""
+    if names is None and rng.random() < r.p_empty:
         return ""
-    return world.random_prompt(scene, rng, p_size=r.p_size, p_background=r.p_background)
+    p_size = 1.0 if names == "size" else r.p_size
+    p_background = 1.0 if names == "background" else r.p_background
+    return world.random_prompt(scene, rng, p_size=p_size, p_background=p_background)
 
 
 @torch.no_grad()
@@ -320,6 +363,16 @@ def noise_like(x0: torch.Tensor, offset: float, generator: torch.Generator) -> t
     return noise + offset * torch.randn((*x0.shape[:2], 1, 1), generator=generator)
 
 
+def objective(zt: torch.Tensor, x0: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The output that makes the model's x0 estimate equal `x0` at the noisy latent `zt` (alpha-bar `a`).
+
+    With zt = sqrt(a) x0 + sqrt(1 - a) eps this is eps, or v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans &
+    Ho 2022, sec. 4); written in zt so that a counterfactual row, whose zt was made from another
+    scene's latent, asks for `x0` from it."""
+    eps = (zt - a.sqrt() * x0) / (1 - a).sqrt()
+    return eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
 def loss_weights(alphas: torch.Tensor, r: Recipe) -> torch.Tensor:
     """Per-timestep weights of the squared error of the model's output.
 
@@ -361,6 +414,9 @@ def train_unet(out: Path, r: Recipe) -> None:
         scaling = float(f.metadata()["scaling_factor"])
     data = data * scaling
     scenes = training_scenes(r)
+    if r.p_counterfactual > 0:
+        swapped = load_file(str(work / "counterfactuals.safetensors"))["latents"] * scaling
+        pairs = counterfactual_scenes(r)
     torch.manual_seed(r.seed)
     unet, text_encoder = build_unet(r), build_text_encoder(r, tokenizer)
     ema_unet, ema_text = build_unet(r), build_text_encoder(r, tokenizer)
@@ -389,8 +445,15 @@ def train_unet(out: Path, r: Recipe) -> None:
         noise = noise_like(x0, r.offset_noise, g)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = noise if r.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        prompt_ids = ids([sample_prompt(scenes[i], rng, r) for i in idx.tolist()])
+        prompts = [sample_prompt(scenes[i], rng, r) for i in idx.tolist()]
+        if r.p_counterfactual > 0 and step >= r.counterfactual_from_step:
+            swap = (torch.rand(r.unet_batch, generator=g) < r.p_counterfactual) & (t >= r.counterfactual_min_t)
+            x0 = torch.where(swap.view(-1, 1, 1, 1), swapped[idx], x0)
+            for row in swap.nonzero().flatten().tolist():
+                kind, scene = pairs[idx[row]]
+                prompts[row] = sample_prompt(scene, rng, r, names=kind)
+        target = objective(zt, x0, a, r.prediction_type)
+        prompt_ids = ids(prompts)
         context = text_encoder(prompt_ids)[0]
         if r.p_blank_padding > 0:
             blank = torch.rand(r.unet_batch, generator=g) < r.p_blank_padding
@@ -415,9 +478,7 @@ def train_unet(out: Path, r: Recipe) -> None:
             log["loss"].append([step, running])
             bar.set_postfix(loss=f"{running:.4f}")
         if step % r.eval_every == 0 or step == total:
-            vae = build_vae(r)
-            vae.load_state_dict(load_file(str(work / "vae.safetensors")))
-            acc = generation_accuracy(ema_unet, ema_text, vae, tokenizer, scaling, r.prediction_type)
+            acc = generation_accuracy(ema_unet, ema_text, trained_vae(out, r), tokenizer, scaling, r.prediction_type)
             log["accuracy"].append([step, acc])
             tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
         ckpt.maybe(step in cycle_ends, modules, opt, step, log)
