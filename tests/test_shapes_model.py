@@ -171,3 +171,29 @@ def test_counterfactual_prompts_name_the_swapped_attribute():
     assert all("small" in sample_prompt(scene, rng, r, names="size") for _ in range(20))
     assert all("white background" in sample_prompt(scene, rng, r, names="background") for _ in range(20))
     assert all(sample_prompt(scene, rng, r, names="color") == "a red circle" for _ in range(20))
+
+
+def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_path):
+    """`train` runs every stage of a tiny recipe with counterfactual rows: the pairs' latents are the VAE's
+    encodings of the swapped scenes, row for row, the export is a loadable SD folder, and a second call
+    resumes (finds every stage done) instead of training again."""
+    import torch
+    from safetensors.torch import load_file
+
+    from redraft.shapes.train import Recipe, counterfactual_scenes, render_batch, train, trained_vae
+
+    r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, text_width=32, text_layers=1,
+               unet_steps=3, unet_batch=4, unet_warmup=1, unet_restart_steps=0, unet_more_restarts=(),
+               p_counterfactual=1.0, counterfactual_min_t=0, eval_every=0)
+    model = train(tmp_path, r)
+    work = tmp_path / "work"
+    stored = load_file(str(work / "counterfactuals.safetensors"))["latents"]
+    targets = [target for _, target in counterfactual_scenes(r)]
+    with torch.no_grad():
+        encoded = trained_vae(tmp_path, r).encode(render_batch(targets[:3])).latent_dist.mean
+    assert stored.shape == (12, 4, 16, 16) and torch.allclose(stored[:3], encoded, atol=1e-4)
+    assert json.loads((model / "recipe.json").read_text())["p_counterfactual"] == 1.0
+    assert redraft.load(str(model), device="cpu").guidance_scale == r.guidance_scale
+    stamp = (work / "unet_ema.safetensors").stat().st_mtime_ns
+    train(tmp_path, r)
+    assert (work / "unet_ema.safetensors").stat().st_mtime_ns == stamp

@@ -100,7 +100,7 @@ class Recipe:
     guidance_scale: float = 4.0
     checkpoint_minutes: float = 3.0
     log_every: int = 50
-    eval_every: int = 500
+    eval_every: int = 500  # steps between generation probes (0: none)
 
 
 # ----------------------------------------------------------------------------- components
@@ -477,7 +477,7 @@ def train_unet(out: Path, r: Recipe) -> None:
         if step % r.log_every == 0:
             log["loss"].append([step, running])
             bar.set_postfix(loss=f"{running:.4f}")
-        if step % r.eval_every == 0 or step == total:
+        if r.eval_every and (step % r.eval_every == 0 or step == total):
             acc = generation_accuracy(ema_unet, ema_text, trained_vae(out, r), tokenizer, scaling, r.prediction_type)
             log["accuracy"].append([step, acc])
             tqdm.write(f"step {step} ({log['seconds'] / 60:.1f} min): " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
