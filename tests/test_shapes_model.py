@@ -190,8 +190,8 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
     stored = load_file(str(work / "counterfactuals.safetensors"))["latents"]
     targets = [target for _, target in counterfactual_scenes(r)]
     with torch.no_grad():
-        encoded = trained_vae(tmp_path, r).encode(render_batch(targets[:3])).latent_dist.mean
-    assert stored.shape == (12, 4, 16, 16) and torch.allclose(stored[:3], encoded, atol=1e-4)
+        encoded = trained_vae(tmp_path, r).encode(render_batch(targets)).latent_dist.mean
+    assert stored.shape == (12, 4, 16, 16) and torch.allclose(stored, encoded, atol=1e-3)
     assert json.loads((model / "recipe.json").read_text())["p_counterfactual"] == 1.0
     assert redraft.load(str(model), device="cpu").guidance_scale == r.guidance_scale
     stamp = (work / "unet_ema.safetensors").stat().st_mtime_ns
