@@ -65,8 +65,9 @@ def test_edits_keep_the_scene(builtin):
     pivots, `redraft.demo.EDITING`), read back from the pixels.
 
     The shipped model draws all 12 targets right and keeps the object within 3 px in 7 (the fourth
-    version: 10 and 6). Editing that lost the target word (a broken word swap) or the source's place (no
-    attention injected: objects move 2 to 9 px, median) fails the bounds.
+    version: 10 and 6). Editing that lost the target word (a broken word swap) fails the first bound, and
+    editing that lost the source's place the second: with no attention injected (`cross_replace_steps`
+    and `self_replace_steps` 0, still Direct Inversion) the shipped model keeps 2 of the 12.
     """
     import random
 
