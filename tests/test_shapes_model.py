@@ -64,10 +64,11 @@ def test_edits_keep_the_scene(builtin):
     """Colour and shape swaps of 6 held-out scenes, edited as the demo edits (Direct Inversion from DDIM's
     pivots, `redraft.demo.EDITING`), read back from the pixels.
 
-    The shipped model draws all 12 targets right and keeps the object within 3 px in 7 (the fourth
-    version: 10 and 6). Editing that lost the target word (a broken word swap) fails the first bound, and
-    editing that lost the source's place the second: with no attention injected (`cross_replace_steps`
-    and `self_replace_steps` 0, still Direct Inversion) the shipped model keeps 2 of the 12.
+    The shipped model draws all 12 targets right and keeps the object within 3 px in 10 (7 with P2P's
+    80% of the steps of cross-attention injection; the fourth version: 10 and 6). Editing that lost the
+    target word (a broken word swap) fails the first bound, and editing that lost the source's place the
+    second: with no attention injected (`cross_replace_steps` and `self_replace_steps` 0, still Direct
+    Inversion) the shipped model keeps 2 of the 12.
     """
     import random
 
@@ -83,7 +84,7 @@ def test_edits_keep_the_scene(builtin):
         results += [outcome(image, e.target) for e, image in zip(edits, images[1:])]
     drawn = sum(same for same, _ in results)
     kept = sum(same and shift <= 3 for same, shift in results)
-    assert drawn >= 10 and kept >= 5, results
+    assert drawn >= 10 and kept >= 8, results
 
 
 def test_unet_learning_rate_restarts():

@@ -21,8 +21,10 @@ from .metrics import psnr
 from .shapes import world
 
 # The best measured editing of the built-in model (docs/shapes-model.md, `redraft bench shapes --methods direct`):
-# Direct Inversion, self-attention injected for 70% of the steps in every layer (16 x 16 too), layout guidance.
-EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05)
+# Direct Inversion, self-attention injected for 70% of the steps in every layer (16 x 16 too), layout guidance,
+# and cross-attention for 40% of the steps, not P2P's 80% (chosen on validation scenes: docs/experiments/swap_controls.py).
+EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05,
+               cross_replace_steps=0.4)
 
 
 def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
