@@ -26,8 +26,6 @@ from redraft.editor import per_step_nulls
 from redraft.sampling import denoise
 from redraft.shapes import world
 
-SWAPS = ("color", "shape", "size", "background")
-
 
 def source_text_below(max_pixels: int):
     """Make every edit branch read the source prompt in cross-attention layers of at most `max_pixels`."""
@@ -132,17 +130,17 @@ def main() -> None:
         "all attention injected at every step": (7.5, 0, True, 0, dict(cross_replace_steps=1.0, self_replace_steps=1.0)),
         "target prompt only in the finest layers": (7.5, 0, False, 64, {}),
     }
-    right = {name: {k: [] for k in SWAPS} for name in configs}
+    right = {name: {k: [] for k in world.SWAPS} for name in configs}
     for k, scene in enumerate(world.scenes(SEED + 1, args.scenes, split="test")):
         rng = random.Random(k)
-        edits = [world.random_edit(scene, kind, rng) for kind in SWAPS]
+        edits = [world.random_edit(scene, kind, rng) for kind in world.SWAPS]
         inv = ed.invert(world.render(scene), scene.prompt(), method="negative-prompt", progress=False)
         for name, (guidance, skip, everywhere, below, controls) in configs.items():
             images = edit(ed, inv, [e.target_prompt for e in edits], guidance, skip, everywhere, below, **controls)
             for e, image in zip(edits, images[1:]):
                 right[name][e.kind].append(kept(image, e.target))
     print(f"\nword swaps right over {args.scenes} negative-prompt inversions")
-    print(f"{'':<40}" + "".join(f"{k:>12}" for k in SWAPS) + f"{'all':>8}")
+    print(f"{'':<40}" + "".join(f"{k:>12}" for k in world.SWAPS) + f"{'all':>8}")
     for name, per in right.items():
         every = sum(per.values(), [])
         print(f"{name:<40}" + "".join(f"{np.mean(v):>12.0%}" for v in per.values()) + f"{np.mean(every):>8.0%}")

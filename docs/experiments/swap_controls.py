@@ -22,7 +22,7 @@ import random
 import numpy as np
 
 import redraft
-from redraft.bench.shapes import POSITION_TOLERANCE, outcome
+from redraft.bench.shapes import record
 from redraft.demo import EDITING
 from redraft.draw import grid
 from redraft.shapes import world
@@ -38,11 +38,11 @@ parser.add_argument("--out", default=None, help="PNG of the edits")
 args = parser.parse_args()
 
 kinds = args.kinds.split(",")
-if not set(kinds) <= {"color", "shape", "size", "background"}:
+if not set(kinds) <= set(world.SWAPS):
     parser.error(f"--kinds takes word swaps (color, shape, size, background), not {args.kinds}")
 controls = {**EDITING, **json.loads(args.controls)}
 editor = redraft.load(args.model)
-rows: dict[str, list] = {kind: [] for kind in kinds}
+rows: dict[str, list] = {}  # `record`'s: per kind, right / attributes / shift
 pictures = []
 for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  # as the benchmark draws them
     rng = random.Random(k)
@@ -57,14 +57,12 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
                   for kind in kinds]
     pictures.append(world.render(scene))
     for kind, image in zip(kinds, images):
-        rows[kind].append(outcome(image, edits[kind].target))
+        record(rows, kind, image, edits[kind].target)
         pictures += [world.render(edits[kind].target), image]
     print(f"scene {k + 1}/{args.n}", end="\r", flush=True)
-for kind, r in rows.items():
-    same = np.array([s for s, _ in r])
-    shift = np.array([d for _, d in r])
-    print(f"{kind:>10}: right {np.mean(same & (shift <= POSITION_TOLERANCE)):.0%}  position aside {same.mean():.0%}  "
-          f"median shift {np.median(shift):.1f} px")
+for kind in kinds:
+    print(f"{kind:>10}: right {np.mean(rows[kind]):.0%}  position aside {np.mean(rows[f'{kind} attributes']):.0%}  "
+          f"median shift {np.median(rows[f'{kind} shift']):.1f} px")
 if args.out:
     grid(pictures, [""] * len(pictures), cell=96, columns=1 + 2 * len(kinds)).save(args.out)
     print(f"wrote {args.out}")

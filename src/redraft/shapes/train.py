@@ -233,9 +233,6 @@ def train_vae(out: Path, r: Recipe) -> None:
 # ----------------------------------------------------------------------------- stage 2: latents
 
 
-SWAPS = ("color", "shape", "size", "background")
-
-
 def counterfactual_scenes(r: Recipe) -> list[tuple[str, world.Scene]]:
     """For each training scene, (kind, scene with that one attribute swapped), drawn with a fixed seed.
 
@@ -245,7 +242,7 @@ def counterfactual_scenes(r: Recipe) -> list[tuple[str, world.Scene]]:
     pairs = []
     for scene in training_scenes(r):
         while True:
-            kind = rng.choice(SWAPS)
+            kind = rng.choice(world.SWAPS)
             target = world.random_edit(scene, kind, rng).target
             if target.split == "train":
                 break

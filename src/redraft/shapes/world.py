@@ -204,7 +204,8 @@ def parse_prompt(prompt: str) -> dict[str, str | None]:
 
 # --- Edits (spec: "Edits and what they must give") -------------------------------------------
 
-EDIT_KINDS = ("color", "shape", "size", "background", "add-size", "add-background", "reweight")
+SWAPS = ("color", "shape", "size", "background")  # word swaps: one attribute's word for another
+EDIT_KINDS = (*SWAPS, "add-size", "add-background", "reweight")
 _VALUES = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
 
 
