@@ -71,6 +71,22 @@ def test_local_blend_exclude_takes_a_region_out_of_the_mask(editor):
         blended(blend_exclude=["horse"])
 
 
+def test_local_blend_stops_at_blend_stop(editor):
+    """Blending from `blend_start` until `blend_stop`: after the stop the edit runs free, so outside the
+    mask it no longer equals the source at the end; the blend is called but does nothing then."""
+    schedule = editor.schedule(STEPS)
+    prompts = [PROMPT, "a photo of a dog"]
+    x_T = editor.initial_noise(5).expand(2, -1, -1, -1)
+    cond, uncond = editor.embed(prompts), editor.embed([""] * 2)
+    z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule,
+                    Controls(blend=["cat", "dog"], blend_threshold=0.9, blend_stop=0.5), None, False, "test")
+    blend = editor.last_blend
+    assert (blend.start, blend.stop) == (2, 5)
+    assert blend(4, z) is not None and blend(5, z) is None and blend(STEPS - 1, z) is None
+    outside = ~blend.mask.expand_as(z)
+    assert 0 < outside[1].float().mean() and not torch.equal(z[1][outside[1]], z[0][outside[1]])
+
+
 @pytest.mark.parametrize("method", ["ddim", "null-text", "negative-prompt"])
 def test_source_branch_of_edit_equals_reconstruction(editor, image, method):
     inv = editor.invert(image, PROMPT, method=method, steps=STEPS, progress=False)

@@ -1,13 +1,14 @@
 """Word swaps of held-out scenes under chosen editing controls, only the swap kinds asked for.
 
     .venv/bin/python docs/experiments/swap_controls.py --kinds size,background \
-        [--controls '{"cross_replace_steps": 0.5}'] [--word-cross 0] [--seed 3] [-n 24] [--model DIR] [--out swaps.png]
+        [--controls '{"cross_replace_steps": 0.5}'] [--word-cross 0 | --blend] [--seed 3] [-n 24] [--model DIR] [--out swaps.png]
 
 Runs the edits of `redraft bench shapes` (the same scenes and the same random edits for seed 3, the
 benchmark's) but only the kinds asked for, which makes a sweep of one control 2 to 3 times faster than
 the whole benchmark. Controls are the demo's (`redraft.demo.EDITING`, Direct Inversion from DDIM's pivots)
 updated by `--controls`; `--word-cross F` gives the swapped word its own cross-attention window F and every
-other token the `cross_replace_steps` of the controls (P2P's per-word `cross_replace_steps`). Use another
+other token the `cross_replace_steps` of the controls (P2P's per-word `cross_replace_steps`); `--blend` blends each
+edit locally on its kind's words as `redraft bench shapes --blend` does (one edit at a time). Use another
 `--seed` to choose controls on scenes the benchmark does not score. Prints, per kind, the share of edits
 right (every attribute and the position within 3 px), right with the position aside, and the median shift;
 writes a grid per scene: source, then the truth and the edit of each kind.
@@ -22,7 +23,7 @@ import random
 import numpy as np
 
 import redraft
-from redraft.bench.shapes import record
+from redraft.bench.shapes import blend_words, record
 from redraft.demo import EDITING
 from redraft.draw import grid
 from redraft.shapes import world
@@ -31,6 +32,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--kinds", default="color,shape,size,background")
 parser.add_argument("--controls", default="{}", help="JSON object of Controls fields over the demo's")
 parser.add_argument("--word-cross", type=float, default=None)
+parser.add_argument("--blend", action="store_true", help="blend each edit locally on its kind's words "
+                    "(`redraft.bench.shapes.blend_words`: background swaps keep the object)")
 parser.add_argument("--seed", type=int, default=3, help="scene seed (the benchmark's is 3)")
 parser.add_argument("-n", type=int, default=24)
 parser.add_argument("--model", default=None)
@@ -40,6 +43,8 @@ args = parser.parse_args()
 kinds = args.kinds.split(",")
 if not set(kinds) <= set(world.SWAPS):
     parser.error(f"--kinds takes word swaps (color, shape, size, background), not {args.kinds}")
+if args.blend and args.word_cross is not None:
+    parser.error("--blend and --word-cross each make their own edits; give one of them")
 controls = {**EDITING, **json.loads(args.controls)}
 editor = redraft.load(args.model)
 rows: dict[str, list] = {}  # `record`'s: per kind, right / attributes / shift
@@ -48,7 +53,11 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
     rng = random.Random(k)
     edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
     pivots = editor.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)  # swaps: the full prompt
-    if args.word_cross is None:  # one batch, as the benchmark edits
+    if args.blend:  # each kind its own blend words: one edit at a time
+        images = [editor.edit(pivots, edits[kind].target_prompt, progress=False, **controls,
+                              **dict(zip(("blend", "blend_exclude"), blend_words(edits[kind]))))[1]
+                  for kind in kinds]
+    elif args.word_cross is None:  # one batch, as the benchmark edits
         images = editor.edit(pivots, [edits[kind].target_prompt for kind in kinds], progress=False, **controls)[1:]
     else:  # each swapped word its own window: one edit at a time
         images = [editor.edit(pivots, edits[kind].target_prompt, progress=False,

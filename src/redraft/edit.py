@@ -28,8 +28,9 @@ class Controls:
     from the prompts. cross_replace_steps / self_replace_steps: a fraction of the steps, a (start,
     end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
     reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
-    attention marks the region that may change (LocalBlend), with its threshold and start (fraction of
-    the steps); blend_exclude: words whose region is kept from the source, taken out of the blend
+    attention marks the region that may change (LocalBlend), with its threshold, start and stop (fractions
+    of the steps: blending from `blend_start` until `blend_stop`; the last steps unblended let the model
+    mend the seam between kept and changed latents); blend_exclude: words whose region is kept from the source, taken out of the blend
     words' region or, without blend words, out of the whole image (P2P's substruct_words).
     self_max_resolution: self-attention is injected in layers whose side is at most this
     (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
@@ -46,6 +47,7 @@ class Controls:
     blend: Sequence[str] = ()
     blend_threshold: float = 0.3
     blend_start: float = 0.2
+    blend_stop: float = 1.0
     blend_resolution: int | None = None
     blend_exclude: Sequence[str] = ()
     self_max_resolution: int | None = None
@@ -104,19 +106,19 @@ class LocalBlend:
     latent is reset to the source's, from `start` of the steps on. The region of edit b is the union of
     the source words' region in prompt 0 and the target words' region in prompt b, each from the
     stored cross-attention (averaged over layers and heads), 3x3 max-pooled, resized to the latent,
-    normalised by its max and thresholded. `exclude_words` (the P2P code's `substruct_words`) take their
+    normalised by its max and thresholded; from `start` until `stop` of the steps (P2P: until the end). `exclude_words` (the P2P code's `substruct_words`) take their
     region, found the same way but not pooled, out of the mask; with no blend words the mask is
     everything but that region (excluding the object's noun changes the background and keeps the
     object). Works for any number of target prompts."""
 
     def __init__(self, tokenizer, prompts: Sequence[str], blend_words: Sequence[str], control: AttentionControl,
                  steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None,
-                 exclude_words: Sequence[str] = ()):
+                 exclude_words: Sequence[str] = (), stop: float = 1.0):
         self.tokens = _word_tokens_per_prompt(tokenizer, prompts, blend_words, "blend")
         self.exclude = _word_tokens_per_prompt(tokenizer, prompts, exclude_words, "excluded blend") \
             if exclude_words else None
         self.control, self.threshold, self.resolution = control, threshold, resolution
-        self.start = int(start * steps)
+        self.start, self.stop = int(start * steps), int(round(stop * steps))
         self.mask: torch.Tensor | None = None
 
     def region(self, maps: torch.Tensor, tokens: list[list[int]], size, pool: bool) -> torch.Tensor:
@@ -131,7 +133,7 @@ class LocalBlend:
         return inside[:1] | inside
 
     def __call__(self, i: int, z: torch.Tensor) -> torch.Tensor | None:
-        if i < self.start:
+        if not self.start <= i < self.stop:
             return None
         resolution = self.resolution or default_resolution(self.control)
         maps = self.control.cross_maps(resolution).to(z.device)  # [B, h, w, L]

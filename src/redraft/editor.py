@@ -291,7 +291,7 @@ class Editor:
         control = AttentionControl(latent_hw, plan=edit_plan)
         blend = LocalBlend(self.pipeline.tokenizer, prompts, controls.blend, control, schedule.steps,
                            controls.blend_threshold, controls.blend_start, controls.blend_resolution,
-                           controls.blend_exclude) if controls.blend or controls.blend_exclude else None
+                           controls.blend_exclude, controls.blend_stop) if controls.blend or controls.blend_exclude else None
         guide = layout_guidance(self.unet, control, self.pipeline.tokenizer, prompts, cond, controls.layout_guidance,
                                 controls.layout_guidance_steps, schedule.steps) \
             if edit_plan is not None and controls.layout_guidance else None

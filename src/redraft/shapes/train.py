@@ -1,7 +1,8 @@
 """Train the built-in shapes model: a Stable Diffusion 1.x pipeline of the shapes world, from scratch, on a CPU.
 
 Three stages, each resumable from its own checkpoint (`DIR/work/`):
-1. `vae`: an AutoencoderKL (64 x 64 RGB <-> 4 x 16 x 16), L1 + MSE + a tiny KL term.
+1. `vae`: an AutoencoderKL (64 x 64 RGB <-> 4 x 16 x 16), L1 + MSE + a tiny KL term; then
+   `decoder`: its decoder alone, object-weighted, on noised latents (the latent space stays).
 2. `latents`: encode a fixed set of training scenes once (the VAE mean), and set the VAE's
    `scaling_factor` to 1 / std of those latents, as SD 1.x's 0.18215 was chosen.
 3. `unet`: the UNet and a small CLIP text encoder, trained jointly on the v objective (SD 2.x's
@@ -52,6 +53,15 @@ class Recipe:
     vae_kl_weight: float = 1e-6
     vae_mean_steps: int = 1500  # then decode the posterior mean, as inversion does: sharper shapes
     vae_mean_lr: float = 1e-3
+    # Then the decoder alone, as SD's ft-MSE decoder was tuned: the encoder, so the latent space and the
+    # UNet's data, stays. Pixels of the object and 2 px around it weigh 1 + `decoder_object_weight` (the
+    # object is a small part of the image, and a decoder trained on the mean loss drew faint rings beside
+    # it), and the latents get noise of a random std up to `decoder_latent_noise`, so that the latents a
+    # UNet makes, further from the encoder's than its own, decode to clean shapes (docs/shapes-model.md).
+    decoder_steps: int = 1500
+    decoder_lr: float = 1e-3
+    decoder_object_weight: float = 5.0
+    decoder_latent_noise: float = 0.3
     # Latent data set.
     scenes: int = 60_000
     # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).
@@ -230,6 +240,58 @@ def train_vae(out: Path, r: Recipe) -> None:
     (work / "vae_log.json").write_text(json.dumps(log))
 
 
+def object_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """[n, 1, h, w]: 1 + weight on the pixels that differ from the corner's (the background's) colour, and
+    2 px around them."""
+    on_object = ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.05).float()
+    return 1 + weight * F.max_pool2d(on_object, 5, stride=1, padding=2)
+
+
+def finetune_decoder(out: Path, r: Recipe) -> None:
+    """Stage 1b: the decoder (and post-quant conv) alone, on the posterior mean plus noise; see `Recipe`."""
+    work = out / "work"
+    done = work / "decoder.safetensors"
+    if done.exists() or not r.decoder_steps:
+        return
+    vae = build_vae(r)
+    vae.load_state_dict(load_file(str(work / "vae.safetensors")))
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=r.decoder_lr, weight_decay=0.0)
+    ckpt = Checkpointer(work / "decoder.ckpt", r.checkpoint_minutes)
+    step, log = 0, {"loss": [], "psnr": []}
+    if ckpt.path.exists():
+        step, log = load_checkpoint(ckpt.path, {"vae": vae}, opt)
+    bar = tqdm(total=r.decoder_steps, initial=step, desc="decoder")
+    while step < r.decoder_steps:
+        rng = random.Random(f"decoder-{r.seed}-{step}")
+        g = torch.Generator().manual_seed(r.seed * 1_000_003 + step)
+        for group in opt.param_groups:  # 50 warm-up steps, then a cosine
+            group["lr"] = r.decoder_lr * min(1, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / r.decoder_steps))
+        x = render_batch([world.random_scene(rng) for _ in range(r.vae_batch)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            std = r.decoder_latent_noise * torch.rand(len(z), 1, 1, 1, generator=g)
+            z = z + std * torch.randn(z.shape, generator=g)
+        y = vae.decode(z).sample
+        loss = (object_weights(x, r.decoder_object_weight) * ((y - x).abs() + (y - x) ** 2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % r.log_every == 0:
+            log["loss"].append([step, loss.item()])
+            log["psnr"].append([step, 10 * math.log10(4 / F.mse_loss(y, x).item())])
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        ckpt.maybe(step == r.decoder_steps, {"vae": vae}, opt, step, log)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(done))
+    (work / "decoder_log.json").write_text(json.dumps(log))
+
+
 # ----------------------------------------------------------------------------- stage 2: latents
 
 
@@ -260,8 +322,11 @@ def encode_scenes(vae, scenes: list, desc: str) -> torch.Tensor:
 
 
 def trained_vae(out: Path, r: Recipe):
+    """The VAE as trained so far: with the tuned decoder once `finetune_decoder` is done (same encoder)."""
+    work = out / "work"
     vae = build_vae(r)
-    vae.load_state_dict(load_file(str(out / "work" / "vae.safetensors")))
+    tuned = work / "decoder.safetensors"
+    vae.load_state_dict(load_file(str(tuned if tuned.exists() else work / "vae.safetensors")))
     return vae.eval()
 
 
@@ -511,8 +576,7 @@ def export(out: Path, r: Recipe) -> Path:
 
     work = out / "work"
     tokenizer = build_tokenizer(words(), work / "tokenizer", r.text_positions)
-    vae, unet, text = build_vae(r), build_unet(r), build_text_encoder(r, tokenizer)
-    vae.load_state_dict(load_file(str(work / "vae.safetensors")))
+    vae, unet, text = trained_vae(out, r), build_unet(r), build_text_encoder(r, tokenizer)
     with safe_open(str(work / "latents.safetensors"), "pt") as f:
         vae.register_to_config(scaling_factor=float(f.metadata()["scaling_factor"]))
     if (work / "unet_ema.safetensors").exists():
@@ -561,7 +625,8 @@ def train(out: str | Path, recipe: Recipe | None = None) -> Path:
     (out / "work").mkdir(parents=True, exist_ok=True)
     times_path = out / "work" / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    for name, stage in (("vae", train_vae), ("latents", encode_latents), ("unet", train_unet)):
+    for name, stage in (("vae", train_vae), ("decoder", finetune_decoder), ("latents", encode_latents),
+                        ("unet", train_unet)):
         t0 = time.time()
         stage(out, r)
         times[name] = times.get(name, 0.0) + time.time() - t0
