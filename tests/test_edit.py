@@ -85,6 +85,9 @@ def test_local_blend_stops_at_blend_stop(editor):
     assert blend(4, z) is not None and blend(5, z) is None and blend(STEPS - 1, z) is None
     outside = ~blend.mask.expand_as(z)
     assert 0 < outside[1].float().mean() and not torch.equal(z[1][outside[1]], z[0][outside[1]])
+    with pytest.raises(InputError, match="blend_stop"):
+        editor.edit(editor.invert(editor.decode(z[:1])[0], PROMPT, method="ddim", steps=STEPS, progress=False),
+                    "a photo of a dog", blend=["cat", "dog"], blend_start=0.5, blend_stop=0.2, progress=False)
 
 
 @pytest.mark.parametrize("method", ["ddim", "null-text", "negative-prompt"])

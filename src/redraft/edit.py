@@ -28,10 +28,11 @@ class Controls:
     from the prompts. cross_replace_steps / self_replace_steps: a fraction of the steps, a (start,
     end) pair of fractions, or (cross only) a dict {word: fraction or pair, "default_": ...}.
     reweight: {word: factor} applied to the target prompts (negative allowed). blend: words whose
-    attention marks the region that may change (LocalBlend), with its threshold, start and stop (fractions
-    of the steps: blending from `blend_start` until `blend_stop`; the last steps unblended let the model
-    mend the seam between kept and changed latents); blend_exclude: words whose region is kept from the source, taken out of the blend
-    words' region or, without blend words, out of the whole image (P2P's substruct_words).
+    attention marks the region that may change (LocalBlend), with its threshold, start and stop
+    (fractions of the steps: P2P blends from 0.2 to the end; steps left unblended after `blend_stop`
+    let the model mend the seam between kept and changed latents); blend_exclude: words whose region
+    is kept from the source, taken out of the blend words' region or, without blend words, out of the
+    whole image (P2P's substruct_words).
     self_max_resolution: self-attention is injected in layers whose side is at most this
     (None: P2P's rule, half the latent's side: 32 for SD's 64 x 64 latents); a model whose objects span
     a few latent cells (the shapes model) keeps its layout only with the latent's full side.
@@ -103,10 +104,10 @@ def default_resolution(control: AttentionControl) -> int:
 
 class LocalBlend:
     """P2P's local blending (reference.md): outside the blend words' attention region, every edit's
-    latent is reset to the source's, from `start` of the steps on. The region of edit b is the union of
-    the source words' region in prompt 0 and the target words' region in prompt b, each from the
-    stored cross-attention (averaged over layers and heads), 3x3 max-pooled, resized to the latent,
-    normalised by its max and thresholded; from `start` until `stop` of the steps (P2P: until the end). `exclude_words` (the P2P code's `substruct_words`) take their
+    latent is reset to the source's, from `start` of the steps until `stop` (P2P: 0.2 to the end).
+    The region of edit b is the union of the source words' region in prompt 0 and the target words'
+    region in prompt b, each from the stored cross-attention (averaged over layers and heads), 3x3
+    max-pooled, resized to the latent, normalised by its max and thresholded. `exclude_words` (the P2P code's `substruct_words`) take their
     region, found the same way but not pooled, out of the mask; with no blend words the mask is
     everything but that region (excluding the object's noun changes the background and keeps the
     object). Works for any number of target prompts."""
@@ -118,6 +119,9 @@ class LocalBlend:
         self.exclude = _word_tokens_per_prompt(tokenizer, prompts, exclude_words, "excluded blend") \
             if exclude_words else None
         self.control, self.threshold, self.resolution = control, threshold, resolution
+        if not 0 <= start <= stop <= 1:
+            raise InputError(f"blend_start and blend_stop are fractions of the steps, 0 <= start <= stop <= 1; "
+                             f"got {start} and {stop}.")
         self.start, self.stop = int(start * steps), int(round(stop * steps))
         self.mask: torch.Tensor | None = None
 
