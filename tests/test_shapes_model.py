@@ -39,7 +39,7 @@ def builtin():
 def test_its_vae_gives_back_every_scene(builtin):
     """Encode then decode 48 held-out scenes: the tuned decoder gives them back at 35 dB or more, every
     attribute and the centre (within 1 px) read back right. The decoder before tuning (the fifth
-    version's) gave 33.1 dB and lost an attribute or the centre in 2 to 3% of scenes."""
+    version's) gave 33.7 dB on these scenes and 46 of 48 right."""
     from redraft.bench.shapes import outcome
     from redraft.metrics import psnr
 

@@ -107,10 +107,10 @@ class LocalBlend:
     latent is reset to the source's, from `start` of the steps until `stop` (P2P: 0.2 to the end).
     The region of edit b is the union of the source words' region in prompt 0 and the target words'
     region in prompt b, each from the stored cross-attention (averaged over layers and heads), 3x3
-    max-pooled, resized to the latent, normalised by its max and thresholded. `exclude_words` (the P2P code's `substruct_words`) take their
-    region, found the same way but not pooled, out of the mask; with no blend words the mask is
-    everything but that region (excluding the object's noun changes the background and keeps the
-    object). Works for any number of target prompts."""
+    max-pooled, resized to the latent, normalised by its max and thresholded. `exclude_words` (the P2P
+    code's `substruct_words`) take their region, found the same way but not pooled, out of the mask;
+    with no blend words the mask is everything but that region (excluding the object's noun changes
+    the background and keeps the object). Works for any number of target prompts."""
 
     def __init__(self, tokenizer, prompts: Sequence[str], blend_words: Sequence[str], control: AttentionControl,
                  steps: int, threshold: float = 0.3, start: float = 0.2, resolution: int | None = None,
