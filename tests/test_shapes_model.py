@@ -204,8 +204,6 @@ def test_objective_asks_for_the_given_x0_from_the_noisy_latent():
 
 def test_object_weights_cover_the_object_and_two_pixels_around_it():
     """The decoder stage's loss weights: 1 + w on the object's pixels and 2 px around them, 1 elsewhere."""
-    import numpy as np
-
     from redraft.shapes.train import object_weights, render_batch
 
     scene = world.Scene("square", "red", "small", "white", 30, 30)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bench.shapes import POSITION_TOLERANCE, outcome
+from .bench.shapes import POSITION_TOLERANCE, shift_of
 from .draw import grid
 from .files import save_image, write_json
 from .metrics import psnr
@@ -30,10 +30,10 @@ EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layo
 
 def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
     """Attributes read back from the pixels, and whether each matches the truth: the benchmark's test
-    (`bench.shapes.outcome`, position within `POSITION_TOLERANCE`) told attribute by attribute."""
+    (`bench.shapes.outcome`: position within `POSITION_TOLERANCE`) told attribute by attribute."""
     r = world.read(np.asarray(image))
     ok = {k: getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background")}
-    ok["position"] = bool(outcome(image, truth)[1] <= POSITION_TOLERANCE)
+    ok["position"] = bool(shift_of(r, truth) <= POSITION_TOLERANCE)
     return {"prompt": prompt, "read": {k: getattr(r, k) for k in ("shape", "color", "size", "background")}
             | {"cx": round(float(r.cx), 1), "cy": round(float(r.cy), 1)}, "correct": ok, "all_correct": all(ok.values())}
 

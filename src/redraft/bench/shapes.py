@@ -61,8 +61,13 @@ def outcome(image, truth: world.Scene) -> tuple[bool, float]:
     object's centre is from `truth`'s."""
     r = world.read(np.asarray(image))
     same = all(getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background"))
-    shift = max(abs(r.cx - truth.cx), abs(r.cy - truth.cy))
-    return same, shift if np.isfinite(shift) else float("inf")  # no object drawn: infinitely far
+    return same, shift_of(r, truth)
+
+
+def shift_of(reading, truth: world.Scene) -> float:
+    """How far (px, the larger of x and y) a reading's centre is from `truth`'s."""
+    shift = max(abs(reading.cx - truth.cx), abs(reading.cy - truth.cy))
+    return shift if np.isfinite(shift) else float("inf")  # no object drawn: infinitely far
 
 
 def kept(image, truth: world.Scene) -> bool:
