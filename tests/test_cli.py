@@ -102,6 +102,7 @@ def test_generate_self_resolution_reaches_the_controls(run, tmp_path):
     (["--reweight", "zebra=2"], "not a word of the prompt"),
     (["--kind", "replace", "--target", "a photo of a big red cat"], "words"),
     (["--blend", "cat", "--blend-exclude", "horse"], "horse"),
+    (["--skip-steps", "1"], "skip_steps"),
 ])
 def test_edit_errors_write_nothing(run, image, tmp_path, extra, message):
     image.save(tmp_path / "in.png")

@@ -203,3 +203,26 @@ def test_layout_guidance_changes_the_edit_only(editor):
     assert np.abs(pixels(guided[1]) - pixels(plain[1])).mean() > 0.5
     with pytest.raises(InputError, match="layout_guidance"):
         editor.generate(prompts, seed=2, steps=STEPS, layout_guidance=-1.0, progress=False)
+
+
+def test_skip_steps_starts_every_branch_on_the_pivot(editor, image):
+    """`skip_steps`: the edit starts from the inversion's pivot at that step, so it costs only the
+    steps left and, skipping all but the last step, stays next to the source, where an edit from x_T
+    moves far from it."""
+    inv = editor.invert(image, PROMPT, method="ddim", steps=STEPS, progress=False)
+    target = dict(target="a photo of a cat", reweight={"cat": 20.0}, cross_replace_steps=1.0, progress=False)
+    editor.unet.reset()
+    full = editor.edit(inv, **target)
+    passes = editor.unet.forward
+    editor.unet.reset()
+    half = editor.edit(inv, **target, skip_steps=0.5)
+    assert editor.unet.forward == passes // 2
+    last = editor.edit(inv, **target, skip_steps=0.9)
+    moved = {name: np.abs(pixels(out[1]) - pixels(out[0])).mean() for name, out in
+             (("full", full), ("half", half), ("last", last))}
+    assert moved["last"] < 0.3 * moved["full"], moved
+    for bad in (1.0, -0.1):
+        with pytest.raises(InputError, match="skip_steps"):
+            editor.edit(inv, **target, skip_steps=bad)
+    with pytest.raises(InputError, match="skip_steps"):
+        editor.generate([PROMPT, "a photo of a dog"], steps=STEPS, skip_steps=0.5, progress=False)

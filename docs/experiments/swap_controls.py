@@ -11,7 +11,9 @@ other token the `cross_replace_steps` of the controls (P2P's per-word `cross_rep
 edit locally on its kind's words as `redraft bench shapes --blend` does (one edit at a time). Use another
 `--seed` to choose controls on scenes the benchmark does not score. Prints, per kind, the share of edits
 right (every attribute and the position within 3 px), right with the position aside, and the median shift;
-writes a grid per scene: source, then the truth and the edit of each kind.
+writes a grid per scene: source, then the truth and the edit of each kind. `--failures` also lists every
+edit that failed: the attributes read wrong, the object's move, and how many separate regions the reader
+took for the object (more than one: a detached ghost pulled its centre).
 """
 
 from __future__ import annotations
@@ -38,7 +40,26 @@ parser.add_argument("--seed", type=int, default=3, help="scene seed (the benchma
 parser.add_argument("-n", type=int, default=24)
 parser.add_argument("--model", default=None)
 parser.add_argument("--out", default=None, help="PNG of the edits")
+parser.add_argument("--failures", action="store_true", help="list the failed edits and what failed")
 args = parser.parse_args()
+
+
+def regions(image) -> int:
+    """How many 4-connected regions the pixels the reader counts as the object form."""
+    pixels = np.asarray(image, dtype=float)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    todo = np.linalg.norm(pixels - np.median(border, axis=0), axis=2) > world.BACKGROUND_DISTANCE
+    count = 0
+    while todo.any():
+        count += 1
+        stack = [tuple(np.argwhere(todo)[0])]
+        while stack:
+            y, x = stack.pop()
+            if 0 <= y < todo.shape[0] and 0 <= x < todo.shape[1] and todo[y, x]:
+                todo[y, x] = False
+                stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
+    return count
+
 
 kinds = args.kinds.split(",")
 if not set(kinds) <= set(world.SWAPS):
@@ -48,6 +69,7 @@ if args.blend and args.word_cross is not None:
 controls = {**EDITING, **json.loads(args.controls)}
 editor = redraft.load(args.model)
 rows: dict[str, list] = {}  # `record`'s: per kind, right / attributes / shift
+failures: list[str] = []
 pictures = []
 for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  # as the benchmark draws them
     rng = random.Random(k)
@@ -67,8 +89,15 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
     pictures.append(world.render(scene))
     for kind, image in zip(kinds, images):
         record(rows, kind, image, edits[kind].target)
+        if args.failures and not rows[kind][-1]:
+            truth, read = edits[kind].target, world.read(np.asarray(image))
+            wrong = [a for a in ("shape", "color", "size", "background") if getattr(read, a) != getattr(truth, a)]
+            failures.append(f"scene {k:2d} {kind:>10} to {getattr(truth, kind):8} ({truth.size} on {truth.background}): "
+                            f"wrong {','.join(wrong) or '-'}; moved dx {read.cx - truth.cx:+.1f} dy {read.cy - truth.cy:+.1f} px; "
+                            f"{regions(image)} region(s)")
         pictures += [world.render(edits[kind].target), image]
     print(f"scene {k + 1}/{args.n}", end="\r", flush=True)
+print(*failures, sep="\n")
 for kind in kinds:
     print(f"{kind:>10}: right {np.mean(rows[kind]):.0%}  position aside {np.mean(rows[f'{kind} attributes']):.0%}  "
           f"median shift {np.median(rows[f'{kind} shift']):.1f} px")

@@ -174,11 +174,13 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", default=50, show_default=True)
 @click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
+@click.option("--skip-steps", default=0.0, show_default=True,
+              help="fraction of the first steps to skip: the edits start from the inversion's pivot there.")
 @edit_options
 @click.pass_context
 @friendly
-def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend_exclude, reweight, cross_steps,
-         self_steps, self_resolution, layout_guidance, layout_steps, output, force):
+def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, blend, blend_exclude, reweight,
+         cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
@@ -191,7 +193,7 @@ def edit(ctx, source, prompt, method, steps, direct, targets, kind, blend, blend
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
     if not is_inversion and prompt is None:
         click.echo(f"described as: {inv.prompt}")
-    images = editor.edit(inv, list(targets), direct=direct, **controls)
+    images = editor.edit(inv, list(targets), direct=direct, skip_steps=skip_steps, **controls)
     from PIL import Image
 
     prompts = [inv.prompt, *targets]

@@ -39,6 +39,10 @@ class Controls:
     layout_guidance: the step size (latent units) of layout guidance (`redraft.guidance`), which moves
     each edit's latent so that its own cross-attention maps agree with the source's, at the steps of
     `layout_guidance_steps` (a fraction or a (start, end) pair); 0 (the default, as in P2P) turns it off.
+    skip_steps: the fraction of the first steps the edit skips: every branch starts from the
+    inversion's pivot at that step instead of x_T (edit-friendly DDPM inversion's T_skip,
+    Huberman-Spiegelglas et al. 2024, sec. 4; SDEdit's strength is 1 - skip_steps). The injection
+    windows stay fractions of all the steps. 0 (the default, as in P2P) starts from x_T.
     """
 
     kind: str | None = None
@@ -54,6 +58,14 @@ class Controls:
     self_max_resolution: int | None = None
     layout_guidance: float = 0.0
     layout_guidance_steps: float | tuple = 0.5
+    skip_steps: float = 0.0
+
+
+def skipped_steps(skip_steps: float, steps: int) -> int:
+    """The step an edit starts at (`Controls.skip_steps` of `steps`)."""
+    if not 0 <= skip_steps < 1:
+        raise InputError(f"skip_steps is the fraction of the first steps an edit skips, 0 <= skip_steps < 1; got {skip_steps}.")
+    return int(round(skip_steps * steps))
 
 
 def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:

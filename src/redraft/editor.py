@@ -13,7 +13,7 @@ from PIL import Image
 
 from . import invert as inv
 from .attention import AttentionControl, controlled
-from .edit import Controls, LocalBlend, plan
+from .edit import Controls, LocalBlend, plan, skipped_steps
 from .ddim import Schedule
 from .describe.model import Description
 from .errors import InputError
@@ -218,8 +218,12 @@ class Editor:
         schedule = self.schedule(steps)
         cond = self.embed(prompts)
         uncond = self.embed([negative_prompt] * len(prompts))
+        controls = Controls(**controls)
+        if controls.skip_steps:
+            raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
+                             "(invert an image and edit it, or leave skip_steps at 0).")
         x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
-        z = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, Controls(**controls), None,
+        z = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None,
                       progress, "generation")
         return self.decode(z)
 
@@ -244,16 +248,18 @@ class Editor:
         b = len(prompts)
         cond = torch.cat([inversion.prompt_embedding[None].to(self.device), self.embed(targets)])
         uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
-        x_T = inversion.x_T[None].expand(b, -1, -1, -1).to(self.device)
+        controls = Controls(**controls)
+        start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
+        z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
 
         def on_pivot(i: int, z: torch.Tensor) -> torch.Tensor:
             z = z.clone()
             z[0] = pivots[i + 1]
             return z
 
-        z = self._p2p(prompts, x_T, cond, uncond, inversion.guidance_scale, schedule, Controls(**controls),
-                      on_pivot if direct else None, progress, "editing")
+        z = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
+                      on_pivot if direct else None, progress, "editing", start=start)
         return self.decode(z)
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
@@ -282,10 +288,11 @@ class Editor:
         per_word = torch.stack([maps[..., p].mean(-1) for p in pieces]).cpu().numpy()
         return WordMaps(prompt.split(), per_word, image, resolution)
 
-    def _p2p(self, prompts, x_T, cond, uncond, guidance_scale, schedule, controls: Controls, first_callback,
-             progress: bool, desc: str) -> torch.Tensor:
-        """The sampling loop with attention control (stored maps in `self.last_attention`)."""
-        latent_hw = tuple(x_T.shape[-2:])
+    def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, first_callback,
+             progress: bool, desc: str, start: int = 0) -> torch.Tensor:
+        """The sampling loop with attention control, from `z_start` at step `start` (stored maps in
+        `self.last_attention`)."""
+        latent_hw = tuple(z_start.shape[-2:])
         edit_plan = plan(self.pipeline.tokenizer, prompts, controls, schedule.steps, latent_hw) \
             if len(prompts) > 1 else None
         control = AttentionControl(latent_hw, plan=edit_plan)
@@ -304,8 +311,8 @@ class Editor:
             return z
 
         with controlled(self.unet, control):
-            z = denoise(self.unet, schedule, x_T, cond, uncond, guidance_scale, callback=callback, guide=guide,
-                        progress=progress, desc=desc)
+            z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
+                        start=start, progress=progress, desc=desc)
         self.last_attention, self.last_blend = control, blend
         return z
 

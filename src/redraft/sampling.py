@@ -62,8 +62,8 @@ def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch
             uncond: torch.Tensor, guidance_scale: float, *,
             callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
             guide: Callable[[int, int, torch.Tensor], torch.Tensor] | None = None,
-            progress: bool = True, desc: str = "sampling") -> torch.Tensor:
-    """Run the DDIM chain from z_0 = x_T (shape [B, C, H, W]) to the clean latent z_N.
+            start: int = 0, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+    """Run the DDIM chain from z_start (shape [B, C, H, W]; x_T when `start` is 0) to the clean latent z_N.
 
     `cond` is [B, L, D]; `uncond` is [B, L, D] for all steps or [N, B, L, D], one per step (null-text
     inversion's per-step embeddings). `callback(i, z)` may return a replacement for z after step i
@@ -71,7 +71,8 @@ def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch
     guidance).
     """
     z = z.float()
-    for i, t in enumerate(tqdm(schedule.timesteps, desc=desc, disable=not progress, leave=False)):
+    for i in tqdm(range(start, schedule.steps), desc=desc, disable=not progress, leave=False):
+        t = schedule.timesteps[i]
         u = uncond[i] if uncond.dim() == 4 else uncond
         if guide is not None:
             z = guide(i, t, z)
