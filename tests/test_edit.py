@@ -8,7 +8,7 @@ import torch
 
 from redraft import InputError
 from redraft.attention import ControlProcessor
-from redraft.edit import Controls
+from redraft.edit import Controls, skipped_steps
 
 PROMPT = "a photo of a cat"
 STEPS = 10
@@ -221,6 +221,7 @@ def test_skip_steps_starts_every_branch_on_the_pivot(editor, image):
     moved = {name: np.abs(pixels(out[1]) - pixels(out[0])).mean() for name, out in
              (("full", full), ("half", half), ("last", last))}
     assert moved["last"] < 0.3 * moved["full"], moved
+    assert [skipped_steps(f, 10) for f in (0.0, 0.3, 0.7, 0.99)] == [0, 3, 7, 9]  # at least one step left
     for bad in (1.0, -0.1):
         with pytest.raises(InputError, match="skip_steps"):
             editor.edit(inv, **target, skip_steps=bad)

@@ -65,7 +65,7 @@ def skipped_steps(skip_steps: float, steps: int) -> int:
     """The step an edit starts at (`Controls.skip_steps` of `steps`)."""
     if not 0 <= skip_steps < 1:
         raise InputError(f"skip_steps is the fraction of the first steps an edit skips, 0 <= skip_steps < 1; got {skip_steps}.")
-    return int(round(skip_steps * steps))
+    return int(skip_steps * steps + 1e-9)  # rounded down, so at least one step is left
 
 
 def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:
