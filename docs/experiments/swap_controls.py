@@ -46,9 +46,7 @@ args = parser.parse_args()
 
 def regions(image) -> int:
     """How many 4-connected regions the pixels the reader counts as the object form."""
-    pixels = np.asarray(image, dtype=float)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    todo = np.linalg.norm(pixels - np.median(border, axis=0), axis=2) > world.BACKGROUND_DISTANCE
+    todo = world.object_pixels(np.asarray(image, dtype=float))[1]
     count = 0
     while todo.any():
         count += 1
@@ -91,7 +89,7 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
         record(rows, kind, image, edits[kind].target)
         if args.failures and not rows[kind][-1]:
             truth, read = edits[kind].target, world.read(np.asarray(image))
-            wrong = [a for a in ("shape", "color", "size", "background") if getattr(read, a) != getattr(truth, a)]
+            wrong = [a for a in world.SWAPS if getattr(read, a) != getattr(truth, a)]  # the four attributes
             failures.append(f"scene {k:2d} {kind:>10} to {getattr(truth, kind):8} ({truth.size} on {truth.background}): "
                             f"wrong {','.join(wrong) or '-'}; moved dx {read.cx - truth.cx:+.1f} dy {read.cy - truth.cy:+.1f} px; "
                             f"{regions(image)} region(s)")

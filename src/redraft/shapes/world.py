@@ -288,10 +288,8 @@ def read(image) -> Reading:
         image = image.resize((CANVAS, CANVAS), Image.Resampling.BOX)
     pixels = np.asarray(image, dtype=np.float64)
 
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    bg = np.median(border, axis=0)
+    bg, inside = object_pixels(pixels)
     background = _nearest(BACKGROUNDS, bg)
-    inside = np.linalg.norm(pixels - bg, axis=2) > BACKGROUND_DISTANCE
     if not inside.any():
         return Reading("none", "none", "none", background, math.nan, math.nan)
 
@@ -320,6 +318,14 @@ def read(image) -> Reading:
                 best = (err, shape, size, oy)
     _, shape, size, oy = best
     return Reading(shape, color, size, background, cx, cy - oy)
+
+
+def object_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The background colour (median of the border) and the [H, W] mask of the pixels farther than
+    `BACKGROUND_DISTANCE` from it: what `read` takes for the shape, as the spec says."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    bg = np.median(border, axis=0)
+    return bg, np.linalg.norm(pixels - bg, axis=2) > BACKGROUND_DISTANCE
 
 
 def _near(inside: np.ndarray) -> np.ndarray:
