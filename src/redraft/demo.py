@@ -32,9 +32,9 @@ def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
     """Attributes read back from the pixels, and whether each matches the truth: the benchmark's test
     (`bench.shapes.outcome`: position within `POSITION_TOLERANCE`) told attribute by attribute."""
     r = world.read(np.asarray(image))
-    ok = {k: getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background")}
+    ok = {k: getattr(r, k) == getattr(truth, k) for k in world.ATTRIBUTES}
     ok["position"] = bool(shift_of(r, truth) <= POSITION_TOLERANCE)
-    return {"prompt": prompt, "read": {k: getattr(r, k) for k in ("shape", "color", "size", "background")}
+    return {"prompt": prompt, "read": {k: getattr(r, k) for k in world.ATTRIBUTES}
             | {"cx": round(float(r.cx), 1), "cy": round(float(r.cy), 1)}, "correct": ok, "all_correct": all(ok.values())}
 
 

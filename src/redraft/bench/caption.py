@@ -30,7 +30,7 @@ from ..files import atomic_path, save_image
 from ..shapes import world
 
 TEST_SEED = 20_261  # held-out scenes: split "test" and a seed no training run uses
-ATTRIBUTES = ("shape", "color", "size", "background")
+ATTRIBUTES = world.ATTRIBUTES
 METRICS = ("exact", "cosine", *ATTRIBUTES)
 
 

@@ -60,7 +60,7 @@ def outcome(image, truth: world.Scene) -> tuple[bool, float]:
     """Whether every attribute reads back as `truth`'s, and how far (px, the larger of x and y) the
     object's centre is from `truth`'s."""
     r = world.read(np.asarray(image))
-    same = all(getattr(r, k) == getattr(truth, k) for k in ("shape", "color", "size", "background"))
+    same = all(getattr(r, k) == getattr(truth, k) for k in world.ATTRIBUTES)
     return same, shift_of(r, truth)
 
 

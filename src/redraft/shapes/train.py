@@ -313,11 +313,12 @@ def counterfactual_scenes(r: Recipe) -> list[tuple[str, world.Scene]]:
 
 
 @torch.no_grad()
-def encode_scenes(vae, scenes: list, desc: str) -> torch.Tensor:
-    """The VAE's posterior means of rendered scenes, 500 at a time."""
+def encode_scenes(vae, scenes: list, desc: str, batch: int = 32) -> torch.Tensor:
+    """The VAE's posterior means of rendered scenes, `batch` at a time (on 2 cores, 1,000 scenes encode in
+    2.5 s at 32 and 4.3 s at 500: small batches stay in the CPU's cache)."""
     chunks = []
-    for i in tqdm(range(0, len(scenes), 500), desc=desc):
-        chunks.append(vae.encode(render_batch(scenes[i:i + 500])).latent_dist.mean)
+    for i in tqdm(range(0, len(scenes), batch), desc=desc, mininterval=2):
+        chunks.append(vae.encode(render_batch(scenes[i:i + batch])).latent_dist.mean)
     return torch.cat(chunks)
 
 
@@ -611,7 +612,7 @@ def plot_training(out: Path) -> None:
     axes[1].set(title="UNet loss (weighted)", xlabel="step", yscale="log")
     if unet_log["accuracy"]:
         steps = [s for s, _ in unet_log["accuracy"]]
-        for key in ("all", "shape", "color", "size", "background"):
+        for key in ("all", *world.ATTRIBUTES):
             axes[2].plot(steps, [a.get(key, 0) for _, a in unet_log["accuracy"]], label=key)
         axes[2].set(title="generation accuracy (held-out prompts)", xlabel="step", ylim=(0, 1.02))
         axes[2].legend()

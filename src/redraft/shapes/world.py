@@ -49,6 +49,9 @@ def position_range(size: str) -> tuple[int, int]:
     return h + MARGIN, CANVAS - 1 - MARGIN - h
 
 
+ATTRIBUTES = ("shape", "color", "size", "background")  # what a prompt names and `read` gives back
+
+
 @dataclass(frozen=True)
 class Scene:
     """One scene: shape, its colour and size, the background colour, and the centre pixel."""
