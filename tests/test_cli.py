@@ -128,6 +128,7 @@ def test_generate_layout_guidance_reaches_the_controls(run, tmp_path):
     off = picture("off.png")
     assert np.array_equal(picture("zero.png", "--layout-guidance", "0"), off)
     assert not np.array_equal(picture("on.png", "--layout-guidance", "0.5", "--layout-steps", "1"), off)
+    assert not np.array_equal(picture("features.png", "--feature-steps", "1"), off)  # and feature injection's
     r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--layout-guidance", "-1",
             "-o", str(tmp_path / "bad.png"))
     assert r.exit_code != 0 and "layout-guidance" in r.output and not (tmp_path / "bad.png").exists()

@@ -227,3 +227,37 @@ def test_skip_steps_starts_every_branch_on_the_pivot(editor, image):
             editor.edit(inv, **target, skip_steps=bad)
     with pytest.raises(InputError, match="skip_steps"):
         editor.generate([PROMPT, "a photo of a dog"], steps=STEPS, skip_steps=0.5, progress=False)
+
+
+def test_feature_injection_copies_the_source_rows_of_the_batch():
+    """`FeatureInjection` follows `guided_output`'s layout: [unconditional rows..., conditional rows...],
+    the source first in each; a source without an unconditional pass lends its conditional row."""
+    from redraft.attention import AttentionControl
+    from redraft.features import FeatureInjection
+
+    control = AttentionControl((4, 4), store=False)
+    hook = FeatureInjection(control, torch.tensor([True, False]))
+    rows = torch.arange(6.0)[:, None].expand(6, 2)
+    control.begin_call(step=0, cond_rows=slice(3, 6), batch=6)  # 3 latents, each with an unconditional pass
+    assert hook(None, (), rows)[:, 0].tolist() == [0, 0, 0, 3, 3, 3]
+    control.begin_call(step=0, cond_rows=slice(2, 5), batch=5)  # negative-prompt inversion: the source has none
+    assert hook(None, (), rows[:5])[:, 0].tolist() == [2, 2, 2, 2, 2]
+    control.begin_call(step=1, cond_rows=slice(3, 6), batch=6)  # outside the window
+    assert hook(None, (), rows) is None
+
+
+def test_feature_injection_keeps_the_edit_on_the_source(editor, image):
+    """Plug-and-Play feature injection (`feature_replace_steps`): the edit stays closer to the source, the
+    source branch does not change, no hook is left on the UNet, and a block it does not have is named."""
+    for method in ("ddim", "negative-prompt"):
+        inv = editor.invert(image, PROMPT, method=method, steps=STEPS, progress=False)
+        target = dict(target="a photo of a dog", cross_replace_steps=0.2, self_replace_steps=0.0, progress=False)
+        plain = editor.edit(inv, **target)
+        injected = editor.edit(inv, **target, feature_replace_steps=1.0)
+        assert np.array_equal(pixels(injected[0]), pixels(plain[0]))
+        moved = {name: np.abs(pixels(out[1]) - pixels(out[0])).mean() for name, out in
+                 (("plain", plain), ("injected", injected))}
+        assert moved["injected"] < 0.7 * moved["plain"], (method, moved)
+    assert not any(m._forward_hooks for m in editor.pipeline.unet.modules())
+    with pytest.raises(InputError, match="up_blocks.1.resnets.0"):
+        editor.edit(inv, **target, feature_replace_steps=0.5, feature_layers=("up_blocks.9.resnets.0",))

@@ -116,6 +116,9 @@ def edit_options(fn):
                      help="layout guidance step size: keeps objects where the source has them (0: off)."),
         click.option("--layout-steps", default=0.5, show_default=True,
                      help="fraction of the steps (the first ones) that layout guidance acts on."),
+        click.option("--feature-steps", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+                     help="fraction of the first steps in which the source's decoder features replace the "
+                     "edits' (Plug-and-Play; 0: off)."),
         click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
                      help="PNG of the (first) edit; a grid is written beside it (NAME.grid.png)."),
         click.option("--force", is_flag=True, help="replace outputs that exist."),
@@ -139,7 +142,7 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
 
 
 def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None, layout_guidance=0.0,
-                  layout_steps=0.5, blend_exclude=()) -> dict:
+                  layout_steps=0.5, blend_exclude=(), feature_steps=0.0) -> dict:
     weights = {}
     for item in reweight:
         word, sep, factor = item.partition("=")
@@ -151,7 +154,7 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
     return dict(kind=kind, blend=list(blend), blend_exclude=list(blend_exclude), reweight=weights,
                 cross_replace_steps=cross_steps, self_replace_steps=self_steps, self_max_resolution=self_resolution,
-                layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
+                layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
 
 
 def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
@@ -180,14 +183,14 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @click.pass_context
 @friendly
 def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, blend, blend_exclude, reweight,
-         cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, output, force):
+         cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps, blend_exclude)
+                             layout_steps, blend_exclude, feature_steps)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
@@ -211,13 +214,13 @@ def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, 
 @click.pass_context
 @friendly
 def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exclude, reweight, cross_steps,
-             self_steps, self_resolution, layout_guidance, layout_steps, output, force):
+             self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps, blend_exclude)
+                             layout_steps, blend_exclude, feature_steps)
     editor = editor_from(ctx)
     images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
     write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)
@@ -300,20 +303,22 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="layout guidance step size of the edits (0: off).")
 @click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")
+@click.option("--feature-steps", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+              help="feature_replace_steps of the edits (Plug-and-Play feature injection; 0: off).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale of generation and inversion (default: the model's).")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
-                 layout_steps, guidance, out_dir):
+                 layout_steps, feature_steps, guidance, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance,
                    self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
-                   layout_guidance=layout_guidance, layout_guidance_steps=layout_steps)
+                   layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 

@@ -43,6 +43,10 @@ class Controls:
     inversion's pivot at that step instead of x_T (edit-friendly DDPM inversion's T_skip,
     Huberman-Spiegelglas et al. 2024, sec. 4; SDEdit's strength is 1 - skip_steps). The injection
     windows stay fractions of all the steps. 0 (the default, as in P2P) starts from x_T.
+    feature_replace_steps: the fraction of the first steps (or a (start, end) pair) in which the source's
+    output of the UNet blocks `feature_layers` replaces the edits' (`redraft.features`: Plug-and-Play's
+    feature injection, Tumanyan et al. 2023, tau_f; its layer is SD's `up_blocks.1.resnets.1`). It keeps
+    objects in place; 0 (the default, as in P2P) turns it off.
     """
 
     kind: str | None = None
@@ -59,6 +63,8 @@ class Controls:
     layout_guidance: float = 0.0
     layout_guidance_steps: float | tuple = 0.5
     skip_steps: float = 0.0
+    feature_replace_steps: float | tuple = 0.0
+    feature_layers: Sequence[str] = ("up_blocks.1.resnets.1",)
 
 
 def skipped_steps(skip_steps: float, steps: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,11 +13,13 @@ import torch
 from PIL import Image
 
 from . import invert as inv
+from . import words as W
 from .attention import AttentionControl, controlled
 from .edit import Controls, LocalBlend, plan, skipped_steps
 from .ddim import Schedule
 from .describe.model import Description
 from .errors import InputError
+from .features import injected
 from .guidance import layout_guidance
 from .image import ImageLike, fit, load_image, to_pil, to_tensor
 from .inversion import METHODS, Cost, Inversion
@@ -310,7 +313,11 @@ class Editor:
                     z = z if replaced is None else replaced
             return z
 
-        with controlled(self.unet, control):
+        features = W.step_windows(controls.feature_replace_steps, schedule.steps, max_len=1)[:, 0] \
+            if edit_plan is not None and controls.feature_replace_steps else None
+
+        with controlled(self.unet, control), \
+                injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
             z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
                         start=start, progress=progress, desc=desc)
         self.last_attention, self.last_blend = control, blend
