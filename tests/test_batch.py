@@ -68,7 +68,7 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
     assert first.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=["photo"],
                                   reweight={"red": 2.0, "dog": -1.0},
                                   cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
-                                  layout_guidance=0.05, layout_guidance_steps=0.5)
+                                  layout_guidance=0.05, layout_guidance_steps=0.5, feature_replace_steps=0.0)
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
     assert second.controls["cross_replace_steps"] == 0.8 and second.error is None
     assert second.controls["self_max_resolution"] is None and second.controls["layout_guidance"] == 0.0
@@ -103,7 +103,7 @@ def test_pie_bench_mapping_file(tmp_path):
     assert cat.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=[], reweight={"dog": 2.0},
                                 cross_replace_steps=0.4,
                                 self_replace_steps=0.6, self_max_resolution=None, layout_guidance=0.0,
-                                layout_guidance_steps=0.5)
+                                layout_guidance_steps=0.5, feature_replace_steps=0.0)
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []
     other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(cross_steps=0.7), images=tmp_path / "imgs")
     assert other[0].controls["cross_replace_steps"] == 0.7 and other[0].image == str(tmp_path / "imgs/0_random/1.jpg")
