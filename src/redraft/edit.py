@@ -102,7 +102,7 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
         weights = {w: f for w, f in controls.reweight.items() if word_in(tokenizer, target, w)}
         equalizers.append(W.reweight_vector(tokenizer, target, weights, L))
         windows.append(W.step_windows(controls.cross_replace_steps, steps, tokenizer, target, L))
-    self_window = W.step_windows(controls.self_replace_steps, steps, max_len=1)[:, 0]
+    self_window = W.step_window(controls.self_replace_steps, steps)
     h, w = latent_hw
     side = controls.self_max_resolution
     if side is not None and side < 0:

@@ -313,7 +313,7 @@ class Editor:
                     z = z if replaced is None else replaced
             return z
 
-        features = W.step_windows(controls.feature_replace_steps, schedule.steps, max_len=1)[:, 0] \
+        features = W.step_window(controls.feature_replace_steps, schedule.steps) \
             if edit_plan is not None and controls.feature_replace_steps else None
 
         with controlled(self.unet, control), \

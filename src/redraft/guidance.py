@@ -76,5 +76,5 @@ def layout_guidance(model, control: AttentionControl, tokenizer, prompts, cond: 
         for positions in W.word_tokens(tokenizer, target):
             mask[b, positions] = 1
     mask = mask * control.plan.alphas  # inserted words (refinement) have no source map to follow
-    window = W.step_windows(steps_spec, steps, max_len=1)[:, 0]
+    window = W.step_window(steps_spec, steps)
     return LayoutGuidance(model, control, cond, mask.to(cond.device), scale, window)

@@ -189,8 +189,9 @@ def reweight_vector(tokenizer, prompt: str, weights: dict[str, float], max_len: 
     return vector
 
 
-def _window(value, steps: int, what: str) -> torch.Tensor:
-    """[steps] bool: a fraction f (the window (0, f)) or a pair (start, end) of fractions of the steps."""
+def step_window(value, steps: int, what: str = "the step window") -> torch.Tensor:
+    """[steps] bool: a fraction f (the window (0, f)) or a pair (start, end) of fractions of the steps
+    (self-attention injection, layout guidance, feature injection; one column of `step_windows`)."""
     pair = value if isinstance(value, (tuple, list)) else (0.0, value)
     bounds = [_real(v) for v in pair]
     if len(bounds) != 2 or None in bounds or not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
@@ -214,14 +215,14 @@ def step_windows(spec, steps: int, tokenizer=None, prompt: str | None = None, ma
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"the number of steps must be a whole number of at least 1, not {steps!r}.")
     if not isinstance(spec, dict):
-        return _window(spec, steps, "the step window").unsqueeze(1).repeat(1, max_len)
+        return step_window(spec, steps, "the step window").unsqueeze(1).repeat(1, max_len)
     if tokenizer is None or prompt is None:
         raise InputError("per-word step windows need the tokenizer and the prompt their words belong to.")
     _tokens(tokenizer, prompt, max_len)
     words = {word: window for word, window in spec.items() if word != DEFAULT}
-    on = _window(spec.get(DEFAULT, (0.0, 1.0)), steps, f"the step window '{DEFAULT}'").unsqueeze(1).repeat(1, max_len)
+    on = step_window(spec.get(DEFAULT, (0.0, 1.0)), steps, f"the step window '{DEFAULT}'").unsqueeze(1).repeat(1, max_len)
     for word, window in words.items():
-        on[:, find_word(tokenizer, prompt, word)] = _window(window, steps, f"the step window of '{word}'").unsqueeze(1)
+        on[:, find_word(tokenizer, prompt, word)] = step_window(window, steps, f"the step window of '{word}'").unsqueeze(1)
     return on
 
 
