@@ -52,3 +52,27 @@ def test_table_without_edits_says_so():
 
     text = table({"generation": {"all": 0.5, "shape": 0.5}, "vae_psnr": 30.0, "inversion_and_editing": {}})
     assert "generation (all attributes right, guidance 7.5): 50.0%" in text and "editing: not run" in text and "nan" not in text
+
+
+def test_controls_by_kind_reach_only_that_kinds_edits():
+    """`by_kind` overrides the controls of its kinds' edits only (the demo's: no feature injection for
+    background edits); every other edit, batched apart from them, keeps the common controls."""
+    editor = redraft.load(device="cpu")
+    calls = []
+    edit = editor.edit
+
+    def spy(inversion, prompts, **controls):
+        calls.append(([prompts] if isinstance(prompts, str) else list(prompts), controls["feature_replace_steps"]))
+        return edit(inversion, prompts, **controls)
+
+    editor.edit = spy
+    background = ("background", "add-background")
+    inversion_and_editing(editor, 1, ["direct"], steps=4, feature_replace_steps=0.7,
+                          by_kind={kind: {"feature_replace_steps": 0.0} for kind in background})
+    scene, rng = world.scenes(4, 1, split="test")[0], random.Random(0)  # the bench's first scene and edits
+    kinds: dict[str, set] = {}
+    for kind in world.EDIT_KINDS:
+        kinds.setdefault(world.random_edit(scene, kind, rng).target_prompt, set()).add(kind)
+    made = [(kinds[p], steps) for prompts, steps in calls for p in prompts]
+    assert {k for ks, _ in made for k in ks} == set(world.EDIT_KINDS)
+    assert all(steps == (0.0 if ks <= set(background) else 0.7) for ks, steps in made), made

@@ -132,3 +132,23 @@ def test_generate_layout_guidance_reaches_the_controls(run, tmp_path):
     r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--layout-guidance", "-1",
             "-o", str(tmp_path / "bad.png"))
     assert r.exit_code != 0 and "layout-guidance" in r.output and not (tmp_path / "bad.png").exists()
+
+
+def test_bench_shapes_feature_options_reach_the_bench(run, tmp_path, monkeypatch):
+    """`--background-feature-steps` becomes the background kinds' own controls; `--seed` the scenes' seed."""
+    from redraft.bench import shapes
+
+    seen = {}
+
+    def fake_run(editor, n_generation, n_edit, methods, **kwargs):
+        seen.update(kwargs)
+        return {"generation": None, "vae_psnr": 30.0, "inversion_and_editing": {}}
+
+    monkeypatch.setattr(shapes, "run", fake_run)
+    r = run("bench", "shapes", "--feature-steps", "0.7", "--background-feature-steps", "0", "--seed", "11",
+            "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert seen["seed"] == 11 and seen["feature_replace_steps"] == 0.7
+    assert seen["by_kind"] == {"background": {"feature_replace_steps": 0.0}, "add-background": {"feature_replace_steps": 0.0}}
+    run("bench", "shapes", "--feature-steps", "0.7", "--out", str(tmp_path))
+    assert seen["by_kind"] == {} and seen["seed"] == 3  # every kind the same features; the benchmark's scenes

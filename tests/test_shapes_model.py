@@ -78,29 +78,29 @@ def test_follows_its_prompts(builtin):
 
 def test_edits_keep_the_scene(builtin):
     """Colour and shape swaps of 6 held-out scenes, edited as the demo edits (Direct Inversion from DDIM's
-    pivots, `redraft.demo.EDITING`), read back from the pixels.
+    pivots, `redraft.demo.editing`), read back from the pixels.
 
-    The shipped model draws all 12 targets right and keeps the object within 3 px in 10 (7 with P2P's
-    80% of the steps of cross-attention injection; the fourth version: 10 and 6). Editing that lost the
-    target word (a broken word swap) fails the first bound, and editing that lost the source's place the
-    second: with no attention injected (`cross_replace_steps` and `self_replace_steps` 0, still Direct
-    Inversion) the shipped model keeps 2 of the 12.
+    The shipped model draws 10 of the 12 targets right and keeps the object within 3 px in 9 (without
+    feature injection 11 and 9; with P2P's 80% of the steps of cross-attention injection, 7 kept). Editing
+    that lost the target word (a broken word swap) fails the first bound, and editing that lost the
+    source's place the second: with nothing injected (`cross_replace_steps`, `self_replace_steps` and
+    `feature_replace_steps` 0, still Direct Inversion) the shipped model keeps 2 of the 12.
     """
     import random
 
     from redraft.bench.shapes import POSITION_TOLERANCE, outcome
-    from redraft.demo import EDITING
+    from redraft.demo import editing
 
     results = []
     for k, scene in enumerate(world.scenes(200, 6, split="test")):
         rng = random.Random(k)
         edits = [world.random_edit(scene, kind, rng) for kind in ("color", "shape")]
         pivots = builtin.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)
-        images = builtin.edit(pivots, [e.target_prompt for e in edits], progress=False, **EDITING)
+        images = builtin.edit(pivots, [e.target_prompt for e in edits], progress=False, **editing("color"))
         results += [outcome(image, e.target) for e, image in zip(edits, images[1:])]
     drawn = sum(same for same, _ in results)
     kept = sum(same and shift <= POSITION_TOLERANCE for same, shift in results)
-    assert drawn >= 10 and kept >= 8, results
+    assert drawn >= 9 and kept >= 8, results
 
 
 def test_unet_learning_rate_restarts():

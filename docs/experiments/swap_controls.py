@@ -5,8 +5,8 @@
 
 Runs the edits of `redraft bench shapes` (the same scenes and the same random edits for seed 3, the
 benchmark's) but only the kinds asked for, which makes a sweep of one control 2 to 3 times faster than
-the whole benchmark. Controls are the demo's (`redraft.demo.EDITING`, Direct Inversion from DDIM's pivots)
-updated by `--controls`; `--word-cross F` gives the swapped word its own cross-attention window F and every
+the whole benchmark. Controls are the demo's for each kind (`redraft.demo.editing`, Direct Inversion from DDIM's
+pivots) updated by `--controls`; `--word-cross F` gives the swapped word its own cross-attention window F and every
 other token the `cross_replace_steps` of the controls (P2P's per-word `cross_replace_steps`); `--blend` blends each
 edit locally on its kind's words as `redraft bench shapes --blend` does (one edit at a time). Use another
 `--seed` to choose controls on scenes the benchmark does not score. Prints, per kind, the share of edits
@@ -26,7 +26,7 @@ import numpy as np
 
 import redraft
 from redraft.bench.shapes import blend_words, record
-from redraft.demo import EDITING
+from redraft.demo import editing
 from redraft.draw import grid
 from redraft.shapes import world
 
@@ -64,7 +64,8 @@ if not set(kinds) <= set(world.SWAPS):
     parser.error(f"--kinds takes word swaps (color, shape, size, background), not {args.kinds}")
 if args.blend and args.word_cross is not None:
     parser.error("--blend and --word-cross each make their own edits; give one of them")
-controls = {**EDITING, **json.loads(args.controls)}
+overrides = json.loads(args.controls)
+controls = {kind: {**editing(kind), **overrides} for kind in kinds}
 editor = redraft.load(args.model)
 rows: dict[str, list] = {}  # `record`'s: per kind, right / attributes / shift
 failures: list[str] = []
@@ -74,14 +75,21 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
     edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
     pivots = editor.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)  # swaps: the full prompt
     if args.blend:  # each kind its own blend words: one edit at a time
-        images = [editor.edit(pivots, edits[kind].target_prompt, progress=False, **controls,
+        images = [editor.edit(pivots, edits[kind].target_prompt, progress=False, **controls[kind],
                               **dict(zip(("blend", "blend_exclude"), blend_words(edits[kind]))))[1]
                   for kind in kinds]
-    elif args.word_cross is None:  # one batch, as the benchmark edits
-        images = editor.edit(pivots, [edits[kind].target_prompt for kind in kinds], progress=False, **controls)[1:]
+    elif args.word_cross is None:  # a batch per set of controls, as the benchmark edits
+        batches: dict[str, list] = {}
+        for kind in kinds:
+            batches.setdefault(json.dumps(controls[kind], sort_keys=True), []).append(kind)
+        edited = {}
+        for batch in batches.values():
+            edited |= dict(zip(batch, editor.edit(pivots, [edits[kind].target_prompt for kind in batch],
+                                                  progress=False, **controls[batch[0]])[1:]))
+        images = [edited[kind] for kind in kinds]
     else:  # each swapped word its own window: one edit at a time
         images = [editor.edit(pivots, edits[kind].target_prompt, progress=False,
-                              **{**controls, "cross_replace_steps": {"default_": controls.get("cross_replace_steps", 0.8),
+                              **{**controls[kind], "cross_replace_steps": {"default_": controls[kind].get("cross_replace_steps", 0.8),
                                                                      edits[kind].word: args.word_cross}})[1]
                   for kind in kinds]
     pictures.append(world.render(scene))

@@ -46,6 +46,8 @@ FIELDS = {
     "self_steps": "self_replace_steps (fraction)",
     "self_resolution": "inject self-attention in layers up to this side (default: P2P's, half the latent's)",
     "layout_guidance": "layout guidance step size, which keeps objects in place (default 0: off)",
+    "feature_steps": "feature_replace_steps: the first steps in which the source's decoder features replace the "
+                     "edits' (Plug-and-Play; default 0: off)",
     "method": "inversion method: ddim, null-text or negative-prompt",
     "steps": "sampling steps",
     "guidance": "guidance scale",
@@ -228,7 +230,8 @@ def _controls(record: dict, defaults: Defaults, pie_bench: bool) -> dict:
     side = record.get("self_resolution")
     side = None if side in (None, "") else _number(record, "self_resolution", None, int)
     return controls_from(record.get("kind"), blend, reweight, cross, _number(record, "self_steps", self_, float),
-                         side, _number(record, "layout_guidance", 0.0, float), blend_exclude=exclude)
+                         side, _number(record, "layout_guidance", 0.0, float), blend_exclude=exclude,
+                         feature_steps=_number(record, "feature_steps", 0.0, float))
 
 
 def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:

@@ -305,19 +305,26 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")
 @click.option("--feature-steps", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
               help="feature_replace_steps of the edits (Plug-and-Play feature injection; 0: off).")
+@click.option("--background-feature-steps", type=click.FloatRange(min=0, max=1), default=None,
+              help="feature_replace_steps of the background edits (swaps and added backgrounds; default: "
+                   "--feature-steps). The demo's: 0, since a new background changes what the features keep.")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale of generation and inversion (default: the model's).")
+@click.option("--seed", default=3, show_default=True,
+              help="seed of the held-out scenes and prompts: 3 is the benchmark's; choose controls on another.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
-                 layout_steps, feature_steps, guidance, out_dir):
+                 layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
-    result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance,
-                   self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+    by_kind = {} if background_feature_steps is None else {
+        kind: {"feature_replace_steps": background_feature_steps} for kind in ("background", "add-background")}
+    result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
+                   by_kind=by_kind, self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")

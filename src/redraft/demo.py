@@ -1,7 +1,7 @@
 """`redraft demo`: the whole job on the built-in shapes model, where the truth of every edit is known.
 
 A held-out scene (never seen in training) is described, inverted (null-text) and reconstructed, then
-edited five ways from Direct Inversion with the controls that edit the shapes model best (`EDITING`);
+edited five ways from Direct Inversion with the controls that edit the shapes model best (`editing`);
 every result is read back from its pixels and checked against the truth of the edit.
 """
 
@@ -23,9 +23,17 @@ from .shapes import world
 
 # The best measured editing of the built-in model (docs/shapes-model.md, `redraft bench shapes --methods direct`):
 # Direct Inversion, self-attention injected for 70% of the steps in every layer (16 x 16 too), layout guidance,
-# and cross-attention for 40% of the steps, not P2P's 80% (chosen on validation scenes: docs/experiments/swap_controls.py).
+# cross-attention for 40% of the steps, not P2P's 80%, and the source's decoder features for 70% (Plug-and-Play),
+# chosen on validation scenes (`redraft bench shapes --seed 11`, docs/experiments/swap_controls.py).
 EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05,
-               cross_replace_steps=0.4)
+               cross_replace_steps=0.4, feature_replace_steps=0.7)
+# A new background changes the whole picture's structure, which the injected features would keep: those edits go without.
+EDITING_BY_KIND = {"background": dict(feature_replace_steps=0.0), "add-background": dict(feature_replace_steps=0.0)}
+
+
+def editing(kind: str) -> dict:
+    """The demo's controls for an edit of `kind` (`world.EDIT_KINDS`)."""
+    return {**EDITING, **EDITING_BY_KIND.get(kind, {})}
 
 
 def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
@@ -38,8 +46,8 @@ def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
             | {"cx": round(float(r.cx), 1), "cy": round(float(r.cy), 1)}, "correct": ok, "all_correct": all(ok.values())}
 
 
-def edits_of(scene: world.Scene) -> list[tuple[str, str, world.Scene]]:
-    """(label, target prompt, truth) for the five edits, from a source prompt without the size word."""
+def edits_of(scene: world.Scene) -> list[tuple[str, str, str, world.Scene]]:
+    """(kind, label, target prompt, truth) for the four prompt edits, from a source prompt without the size word."""
     rng = random.Random(scene.cx * 64 + scene.cy)
     color = rng.choice([c for c in world.COLORS if c != scene.color])
     shape = rng.choice([s for s in world.SHAPES if s != scene.shape])
@@ -48,10 +56,10 @@ def edits_of(scene: world.Scene) -> list[tuple[str, str, world.Scene]]:
     swapped = {"color": scene.replace(color=color), "shape": scene.replace(shape=shape),
                "background": scene.replace(background=background), "size": scene.replace(size=size)}
     return [
-        ("color swap", swapped["color"].prompt(size=False), swapped["color"]),
-        ("shape swap", swapped["shape"].prompt(size=False), swapped["shape"]),
-        ("background swap", swapped["background"].prompt(size=False), swapped["background"]),
-        ("added size word", swapped["size"].prompt(), swapped["size"]),
+        ("color", "color swap", swapped["color"].prompt(size=False), swapped["color"]),
+        ("shape", "shape swap", swapped["shape"].prompt(size=False), swapped["shape"]),
+        ("background", "background swap", swapped["background"].prompt(size=False), swapped["background"]),
+        ("add-size", "added size word", swapped["size"].prompt(), swapped["size"]),
     ]
 
 
@@ -78,18 +86,23 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
         "psnr_reconstruction": round(psnr(editor.prepare(image), reconstruction), 2),
         "psnr_vae_ceiling": round(psnr(editor.prepare(image), vae), 2),
         "reconstruction": check(reconstruction, scene, source_prompt),
-        "editing": EDITING,
+        "editing": EDITING | {"by_kind": EDITING_BY_KIND},
         "edits": [],
     }
     print(f"inverted ({method}) in {inversion.cost.seconds:.1f} s; reconstruction PSNR "
           f"{summary['psnr_reconstruction']} dB (VAE ceiling {summary['psnr_vae_ceiling']} dB)")
 
-    edits = edits_of(scene)
     pivots = editor.invert(image, source_prompt, method="ddim")  # Direct Inversion edits from DDIM's pivots
-    images = editor.edit(pivots, [t for _, t, _ in edits], **EDITING)
-    results = list(zip(edits, images[1:]))
+    edits = edits_of(scene)
+    batches: dict[tuple, list] = {}  # edits with the same controls are made in one batch
+    for kind, _, target, _ in edits:
+        batches.setdefault(tuple(editing(kind).items()), []).append(target)
+    edited = {}
+    for controls, targets in batches.items():
+        edited |= dict(zip(targets, editor.edit(pivots, targets, **dict(controls))[1:]))
+    results = [((label, target, truth), edited[target]) for _, label, target, truth in edits]
     # Re-weighting: the colour word weakened; the truth is the source scene (the colour must survive).
-    weak = editor.edit(pivots, source_prompt, reweight={scene.color: 0.5}, **EDITING)[1]
+    weak = editor.edit(pivots, source_prompt, reweight={scene.color: 0.5}, **editing("reweight"))[1]
     results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene), weak))
     maps = editor.word_maps(editor.last_attention, source_prompt, image)
     for (label, target, truth), im in results:

@@ -95,15 +95,19 @@ def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
 
 
 def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, blend: bool = False,
-                          guidance_scale: float | None = None, **controls) -> dict:
+                          guidance_scale: float | None = None, seed: int = SEED,
+                          by_kind: dict[str, dict] | None = None, **controls) -> dict:
     """Invert n held-out scenes with each method and make one edit of every kind of each.
 
     Methods: "ddim", "null-text", "negative-prompt", or "direct" (Direct Inversion: a DDIM inversion
     whose source branch is kept on its pivot while editing). The reconstruction is the edit's source
     branch, which equals `reconstruct(inversion)`. With `blend`, every edit is locally blended
-    (`LocalBlend`) on its `blend_words`. `guidance_scale`: None is the model's.
+    (`LocalBlend`) on its `blend_words`. `guidance_scale`: None is the model's. `by_kind` holds the
+    controls that differ for some edit kinds, over `controls` (e.g. `{"background": {"feature_replace_steps": 0.0}}`).
+    Another `seed` draws other held-out scenes, to choose controls on without looking at the benchmark's.
     """
-    scenes = world.scenes(SEED + 1, n, split="test")
+    scenes = world.scenes(seed + 1, n, split="test")
+    by_kind = by_kind or {}
     out: dict = {}
     for method in methods:
         direct = method == "direct"
@@ -118,13 +122,15 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
             for source_prompt, group in by_source.items():
                 inv = editor.invert(world.render(scene), source_prompt, method="ddim" if direct else method,
                                     steps=steps, guidance_scale=guidance_scale, progress=False)
-                swaps: dict[tuple, list] = {}  # edits that share their blend words are made in one batch
+                swaps: dict[tuple, list] = {}  # edits that share their blend words and controls: one batch
                 for kind, e in group:
                     if kind != "reweight":
-                        swaps.setdefault(blend_words(e) if blend else ((), ()), []).append((kind, e))
-                for (words, exclude), batch in swaps.items():
+                        key = (*(blend_words(e) if blend else ((), ())), repr(by_kind.get(kind)))
+                        swaps.setdefault(key, []).append((kind, e))
+                for (words, exclude, _), batch in swaps.items():
                     images = editor.edit(inv, [e.target_prompt for _, e in batch], direct=direct, progress=False,
-                                         blend=words, blend_exclude=exclude, **controls)
+                                         blend=words, blend_exclude=exclude,
+                                         **{**controls, **by_kind.get(batch[0][0], {})})
                     for (kind, e), image in zip(batch, images[1:]):
                         record(rows, kind, image, e.target)
                 if swaps and source_prompt == scene.prompt():  # every batch's source branch is the same
@@ -134,7 +140,8 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
                         factor = rng.choice([0.5, 2.0])
                         words, exclude = blend_words(e) if blend else ((), ())
                         image = editor.edit(inv, e.target_prompt, reweight={e.word: factor}, direct=direct,
-                                            progress=False, blend=words, blend_exclude=exclude, **controls)[1]
+                                            progress=False, blend=words, blend_exclude=exclude,
+                                            **{**controls, **by_kind.get(kind, {})})[1]
                         record(rows, kind, image, e.target)
             rows["seconds"].append(time.perf_counter() - started)
         out[method] = {k: float(np.median(v) if k.endswith("shift") else np.mean(v)) for k, v in rows.items()}
@@ -142,17 +149,19 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
 
 
 def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "direct", "null-text"),
-        blend: bool = False, guidance_scale: float | None = None, **controls) -> dict:
+        blend: bool = False, guidance_scale: float | None = None, seed: int = SEED,
+        by_kind: dict[str, dict] | None = None, **controls) -> dict:
     guidance_scale = editor.guidance_scale if guidance_scale is None else guidance_scale
     return {
         "model": editor.model_id,
         "guidance_scale": guidance_scale,
-        "generation": generation(editor, n_generation, guidance_scale=guidance_scale) if n_generation else None,
+        "seed": seed,
+        "generation": generation(editor, n_generation, guidance_scale=guidance_scale, seed=seed) if n_generation else None,
         "vae_psnr": vae_ceiling(editor),
-        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend,
-                                                       guidance_scale=guidance_scale, **controls)
+        "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, seed=seed,
+                                                       guidance_scale=guidance_scale, by_kind=by_kind, **controls)
         if n_edit else {},
-        "controls": {**controls, "blend": blend},
+        "controls": {**controls, "blend": blend, "by_kind": by_kind or {}},
     }
 
 
