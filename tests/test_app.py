@@ -242,6 +242,13 @@ def test_layout_guidance_reaches_the_edit(app, picture):
     assert not np.array_equal(np.asarray(Image.open(p_edit)), np.asarray(Image.open(g_edit)))
 
 
+def test_feature_injection_reaches_the_edit(app, picture):
+    plain, *_, cache, _ = edit(app, {}, picture)
+    injected, *_ = edit(app, cache, picture, feature_steps=1.0)
+    assert np.array_equal(np.asarray(Image.open(plain[1][0])), np.asarray(Image.open(injected[1][0])))  # source
+    assert not np.array_equal(np.asarray(Image.open(plain[2][0])), np.asarray(Image.open(injected[2][0])))
+
+
 def test_blend_exclude_reaches_the_edit(app, picture):
     blended, *_, cache, _ = edit(app, {}, picture, blend="cat dog", blend_exclude="")
     kept, *_ = edit(app, cache, picture, blend="cat dog", blend_exclude="photo")

@@ -160,7 +160,7 @@ class App:
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
              targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
              cross_steps: float = 0.8, self_steps: float = 0.4, layout_guidance: float = 0.0,
-             blend_exclude: str = "", progress=gr.Progress(track_tqdm=True)):
+             blend_exclude: str = "", feature_steps: float = 0.0, progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         Returns (gallery, attention maps, PNG files, inversion file, cache, status).
@@ -178,7 +178,7 @@ class App:
                         blend_exclude=words_of(blend_exclude),
                         reweight={w: float(factor) for w in words_of(reweight)},
                         cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps),
-                        layout_guidance=float(layout_guidance))
+                        layout_guidance=float(layout_guidance), feature_replace_steps=float(feature_steps))
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
         inversion = cache.get(key)
@@ -276,6 +276,9 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                                            "(fraction)")
                     layout = gr.Slider(0, 0.3, value=0.0, step=0.01, label="layout guidance: keeps objects where "
                                        "the input has them (0: off)", elem_id="layout")
+                    features = gr.Slider(0, 1, value=0.0, step=0.05, label="feature injection steps: the input's "
+                                         "structure kept (fraction; 0: off; not for a new background)",
+                                         elem_id="features")
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -291,7 +294,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         describe.click(app.describe, image, prompt, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
-                             cross_steps, self_steps, layout, blend_exclude],
+                             cross_steps, self_steps, layout, blend_exclude, features],
                   [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
                   **model_queue)
     return page
