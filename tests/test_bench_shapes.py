@@ -76,3 +76,14 @@ def test_controls_by_kind_reach_only_that_kinds_edits():
     made = [(kinds[p], steps) for prompts, steps in calls for p in prompts]
     assert {k for ks, _ in made for k in ks} == set(world.EDIT_KINDS)
     assert all(steps == (0.0 if ks <= set(background) else 0.7) for ks, steps in made), made
+
+
+def test_describing_measures_the_describer_or_says_there_is_none(tiny_folder):
+    from redraft.bench.shapes import describing, table
+
+    result = describing(redraft.load(device="cpu"), 32)  # the shipped describer: 98% of 256 exactly right
+    assert result["n"] == 32 and result["exact_prompt"] >= 0.85 and min(result[a] for a in world.ATTRIBUTES) >= 0.9
+    missing = describing(redraft.load(str(tiny_folder), device="cpu"), 32)
+    assert "has no describer" in missing["not_run"]
+    text = table({"generation": None, "vae_psnr": 30.0, "describe": missing, "inversion_and_editing": {}})
+    assert "describe: not run (the model" in text

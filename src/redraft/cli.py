@@ -293,6 +293,7 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @bench.command("shapes")
 @click.option("--generation", "n_generation", default=200, show_default=True, help="prompts to generate.")
 @click.option("--edits", "n_edit", default=24, show_default=True, help="scenes to invert and edit, per method.")
+@click.option("--describe", "n_describe", default=256, show_default=True, help="scenes to describe (0: none).")
 @click.option("--methods", default="negative-prompt,direct,null-text", show_default=True,
               help="inversion methods to edit from; direct = Direct Inversion over DDIM.")
 @click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
@@ -315,7 +316,7 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
+def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
                  layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
     from .bench import shapes as b
@@ -324,7 +325,7 @@ def bench_shapes(ctx, n_generation, n_edit, methods, self_steps, cross_steps, bl
     by_kind = {} if background_feature_steps is None else {
         kind: {"feature_replace_steps": background_feature_steps} for kind in ("background", "add-background")}
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
-                   by_kind=by_kind, self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+                   by_kind=by_kind, n_describe=n_describe, self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")

@@ -5,7 +5,8 @@
 - inversion: PSNR of the reconstruction, per method;
 - editing: per edit kind of the spec, share of edits whose target attribute is right while the other
   attributes and the position (within 3 px) are kept; beside it, the share right with the position
-  aside and the median shift of the object, which tell a misdrawn edit from a moved one.
+  aside and the median shift of the object, which tell a misdrawn edit from a moved one;
+- describe: share of held-out scenes whose full prompt the model's describer predicts exactly.
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
     rows.setdefault(f"{kind} shift", []).append(shift)
 
 
+def describing(editor, n: int = 256, seed: int = SEED) -> dict:
+    """The model's describer on n held-out scenes: exact prompts, attributes, mean cosine
+    (`bench.describe.evaluate`); {"not_run": why} for a model without a describer."""
+    from ..errors import InputError
+    from .describe import evaluate
+
+    try:
+        describer = editor.describer
+    except InputError as e:
+        return {"not_run": str(e)}
+    return evaluate(describer, world.scenes(seed, n, split="test"))
+
+
 def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, blend: bool = False,
                           guidance_scale: float | None = None, seed: int = SEED,
                           by_kind: dict[str, dict] | None = None, **controls) -> dict:
@@ -150,7 +164,7 @@ def inversion_and_editing(editor, n: int, methods: list[str], steps: int = 50, b
 
 def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-prompt", "direct", "null-text"),
         blend: bool = False, guidance_scale: float | None = None, seed: int = SEED,
-        by_kind: dict[str, dict] | None = None, **controls) -> dict:
+        by_kind: dict[str, dict] | None = None, n_describe: int = 256, **controls) -> dict:
     guidance_scale = editor.guidance_scale if guidance_scale is None else guidance_scale
     return {
         "model": editor.model_id,
@@ -158,6 +172,7 @@ def run(editor, n_generation: int = 200, n_edit: int = 24, methods=("negative-pr
         "seed": seed,
         "generation": generation(editor, n_generation, guidance_scale=guidance_scale, seed=seed) if n_generation else None,
         "vae_psnr": vae_ceiling(editor),
+        "describe": describing(editor, n_describe, seed) if n_describe else None,
         "inversion_and_editing": inversion_and_editing(editor, n_edit, list(methods), blend=blend, seed=seed,
                                                        guidance_scale=guidance_scale, by_kind=by_kind, **controls)
         if n_edit else {},
@@ -170,6 +185,10 @@ def table(result: dict) -> str:
     lines = [f"generation (all attributes right, guidance {result.get('guidance_scale', 7.5):g}): {g['all']:.1%}  "
              + "  ".join(f"{k} {v:.1%}" for k, v in g.items() if k != "all") if g else "generation: not run",
              f"VAE ceiling: {result['vae_psnr']:.2f} dB"]
+    d = result.get("describe")
+    lines.append("describe: not run" + (f" ({d['not_run']})" if d else "") if not d or "not_run" in d else
+                 f"describe (full prompt right): {d['exact_prompt']:.1%} of {d['n']}  mean cosine {d['mean_cosine']:.3f}  "
+                 + "  ".join(f"{a} {d[a]:.1%}" for a in world.ATTRIBUTES))
     kinds = [k for k in world.EDIT_KINDS]
     if not result["inversion_and_editing"]:
         return "\n".join([*lines, "inversion and editing: not run"])
