@@ -316,17 +316,17 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution, layout_guidance,
-                 layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
-    """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing."""
+def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
+                 layout_guidance, layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
+    """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
     from .bench import shapes as b
 
     editor = editor_from(ctx)
     by_kind = {} if background_feature_steps is None else {
         kind: {"feature_replace_steps": background_feature_steps} for kind in ("background", "add-background")}
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
-                   by_kind=by_kind, n_describe=n_describe, self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
-                   layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
+                   by_kind=by_kind, n_describe=n_describe, self_replace_steps=self_steps, cross_replace_steps=cross_steps,
+                   self_max_resolution=self_resolution, layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 
