@@ -219,6 +219,36 @@ def test_object_weights_cover_the_object_and_two_pixels_around_it():
     assert int(w.eq(6).sum()) == (bottom - top + 5) * (right - left + 5)  # a square grows by 2 px each side
 
 
+def test_object_cells_hold_every_object_pixel_with_one_cell_around():
+    """The UNet's object-weighted loss: every latent cell (4 x 4 px) under a rendered object's pixels is in
+    its box, grown by one cell and clipped to the latent; the weights are 1 + w there, 1 elsewhere, up to
+    a per-row scale that keeps their mean 1."""
+    from redraft.shapes.train import cell_weights, object_cells, render_batch
+
+    scenes = [world.Scene("triangle", "blue", "small", "black", 10, 51), world.Scene("circle", "red", "large", "white", 33, 40)]
+    boxes = object_cells(scenes)
+    for scene, box in zip(scenes, boxes[:, 0]):
+        x = render_batch([scene])[0]
+        on = ((x - x[:, :1, :1]).abs().amax(0) > 0.05).numpy()
+        ys, xs = np.nonzero(on)
+        cells = set(zip((ys // 4).tolist(), (xs // 4).tolist()))
+        assert all(box[r, c] for r, c in cells)
+        top, left, bottom, right = min(ys) // 4, min(xs) // 4, max(ys) // 4, max(xs) // 4
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        assert (rows.min(), rows.max()) == (max(0, top - 1), min(15, bottom + 1))
+        assert (cols.min(), cols.max()) == (max(0, left - 1), min(15, right + 1))
+        assert int(box.sum()) == len(rows) * len(cols)  # a box, nothing else
+    w = cell_weights(boxes, 3.0)
+    assert torch_close(w.mean(dim=(1, 2, 3)), 1.0)
+    for row, box in zip(w[:, 0], boxes[:, 0]):
+        assert set(row[box].unique().tolist()) == {row[box][0].item()}
+        assert abs(row[box][0].item() / row[~box][0].item() - 4.0) < 1e-5
+
+
+def torch_close(t, value: float) -> bool:
+    return bool((t - value).abs().max() < 1e-5)
+
+
 def test_counterfactual_prompts_name_the_swapped_attribute():
     """A counterfactual row's prompt is never empty and always names the attribute that was swapped."""
     import random
@@ -240,11 +270,11 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    from redraft.shapes.train import Recipe, counterfactual_scenes, render_batch, train, trained_vae
+    from redraft.shapes.train import Recipe, counterfactual_scenes, plot_training, render_batch, train, trained_vae
 
     r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, decoder_steps=2, text_width=32, text_layers=1,
                unet_steps=3, unet_batch=4, unet_warmup=1, unet_restart_steps=0, unet_more_restarts=(),
-               p_counterfactual=1.0, counterfactual_min_t=0, eval_every=0)
+               p_counterfactual=1.0, counterfactual_min_t=0, object_loss_weight=3.0, eval_every=0)
     model = train(tmp_path, r)
     work = tmp_path / "work"
     # The decoder stage changed the decoder only, and the export carries it.
@@ -263,3 +293,8 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
     stamp = (work / "unet_ema.safetensors").stat().st_mtime_ns
     train(tmp_path, r)
     assert (work / "unet_ema.safetensors").stat().st_mtime_ns == stamp
+    # A run whose VAE was copied in from another run has no VAE log: the loss plot is drawn without it.
+    (work / "vae_log.json").unlink()
+    (tmp_path / "training.png").unlink()
+    plot_training(tmp_path)
+    assert (tmp_path / "training.png").stat().st_size > 0

@@ -320,10 +320,11 @@ def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cro
                  layout_guidance, layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
     from .bench import shapes as b
+    from .shapes.world import BACKGROUND_KINDS
 
     editor = editor_from(ctx)
     by_kind = {} if background_feature_steps is None else {
-        kind: {"feature_replace_steps": background_feature_steps} for kind in ("background", "add-background")}
+        kind: {"feature_replace_steps": background_feature_steps} for kind in BACKGROUND_KINDS}
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
                    by_kind=by_kind, n_describe=n_describe, self_replace_steps=self_steps, cross_replace_steps=cross_steps,
                    self_max_resolution=self_resolution, layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)

@@ -28,7 +28,7 @@ from .shapes import world
 EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05,
                cross_replace_steps=0.4, feature_replace_steps=0.7)
 # A new background changes the whole picture's structure, which the injected features would keep: those edits go without.
-EDITING_BY_KIND = {"background": dict(feature_replace_steps=0.0), "add-background": dict(feature_replace_steps=0.0)}
+EDITING_BY_KIND = {kind: dict(feature_replace_steps=0.0) for kind in world.BACKGROUND_KINDS}
 
 
 def editing(kind: str) -> dict:

@@ -102,6 +102,10 @@ class Recipe:
     counterfactual_from_step: int = 7000
     counterfactual_min_t: int = 400
     min_snr_gamma: float = 5.0
+    # The latent cells of the object's box and one cell around it weigh 1 + `object_loss_weight` in the
+    # UNet's loss (each row's weights scaled to mean 1, so the loss keeps its scale): a small object is 4 x 4
+    # of the 256 cells, and shape, the attribute learned last, is drawn there (`object_cells`).
+    object_loss_weight: float = 0.0
     p_empty: float = 0.1
     p_size: float = 0.7
     p_background: float = 0.7
@@ -449,6 +453,25 @@ def loss_weights(alphas: torch.Tensor, r: Recipe) -> torch.Tensor:
     return torch.clamp(snr + 1, max=r.min_snr_gamma + 1) / (snr + 1)
 
 
+def object_cells(scenes: list, margin: int = 1) -> torch.Tensor:
+    """[n, 1, 16, 16] booleans: the latent cells (4 x 4 px each) under each scene's object's box, grown by
+    `margin` cells."""
+    side, cell = world.CANVAS // 4, 4
+    boxes = torch.zeros(len(scenes), 1, side, side, dtype=torch.bool)
+    for i, s in enumerate(scenes):
+        h = world.SIZES[s.size]
+        x0, x1 = max(0, (s.cx - h) // cell - margin), min(side - 1, (s.cx + h) // cell + margin)
+        y0, y1 = max(0, (s.cy - h) // cell - margin), min(side - 1, (s.cy + h) // cell + margin)
+        boxes[i, 0, y0:y1 + 1, x0:x1 + 1] = True
+    return boxes
+
+
+def cell_weights(boxes: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-cell loss weights 1 + `weight` on the boxes' cells, each row scaled to mean 1."""
+    w = 1 + weight * boxes.float()
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+
+
 def unet_cycles(r: Recipe) -> list[tuple[int, float, int]]:
     """The UNet's learning-rate cycles, each (steps, peak lr, warm-up steps): the first, then the restarts."""
     restarts = [(r.unet_restart_steps, r.unet_restart_lr), *r.unet_more_restarts]
@@ -481,6 +504,10 @@ def train_unet(out: Path, r: Recipe) -> None:
     if r.p_counterfactual > 0:
         swapped = load_file(str(work / "counterfactuals.safetensors"))["latents"] * scaling
         pairs = counterfactual_scenes(r)
+    if r.object_loss_weight > 0:
+        boxes = object_cells(scenes)
+        if r.p_counterfactual > 0:  # a paired row weighs the cells of either scene's object
+            boxes_swapped = object_cells([target for _, target in pairs])
     torch.manual_seed(r.seed)
     unet, text_encoder = build_unet(r), build_text_encoder(r, tokenizer)
     ema_unet, ema_text = build_unet(r), build_text_encoder(r, tokenizer)
@@ -517,6 +544,12 @@ def train_unet(out: Path, r: Recipe) -> None:
                 kind, scene = pairs[idx[row]]
                 prompts[row] = sample_prompt(scene, rng, r, names=kind)
         target = objective(zt, x0, a, r.prediction_type)
+        cells = torch.ones(1)
+        if r.object_loss_weight > 0:
+            rows = boxes[idx]
+            if r.p_counterfactual > 0 and step >= r.counterfactual_from_step:
+                rows = rows | (boxes_swapped[idx] & swap.view(-1, 1, 1, 1))
+            cells = cell_weights(rows, r.object_loss_weight)
         prompt_ids = ids(prompts)
         context = text_encoder(prompt_ids)[0]
         if r.p_blank_padding > 0:
@@ -526,7 +559,7 @@ def train_unet(out: Path, r: Recipe) -> None:
         for group in opt.param_groups:
             group["lr"] = unet_lr(step, r)
         pred = unet(zt, t, context).sample
-        loss = (weights[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (weights[t] * (cells * (pred - target).pow(2)).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -601,12 +634,12 @@ def plot_training(out: Path) -> None:
 
     work = out / "work"
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    vae_log = json.loads((work / "vae_log.json").read_text())
     if (work / "unet_log.json").exists():
         unet_log = json.loads((work / "unet_log.json").read_text())
     else:
         unet_log = checkpoint_log(work / "unet.ckpt")
-    axes[0].plot(*zip(*vae_log["psnr"]))
+    if (work / "vae_log.json").exists():  # absent when the VAE was copied in from another run
+        axes[0].plot(*zip(*json.loads((work / "vae_log.json").read_text())["psnr"]))
     axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
     axes[1].plot(*zip(*unet_log["loss"]))
     axes[1].set(title="UNet loss (weighted)", xlabel="step", yscale="log")
