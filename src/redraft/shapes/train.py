@@ -633,22 +633,24 @@ def plot_training(out: Path) -> None:
     plt = pyplot()
 
     work = out / "work"
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     if (work / "unet_log.json").exists():
         unet_log = json.loads((work / "unet_log.json").read_text())
     else:
         unet_log = checkpoint_log(work / "unet.ckpt")
-    if (work / "vae_log.json").exists():  # absent when the VAE was copied in from another run
+    has_vae = (work / "vae_log.json").exists()  # absent when the VAE was copied in from another run
+    fig, axes = plt.subplots(1, 2 + has_vae, figsize=(4.4 * (2 + has_vae), 3.5))
+    loss_ax, accuracy_ax = axes[-2:]
+    if has_vae:
         axes[0].plot(*zip(*json.loads((work / "vae_log.json").read_text())["psnr"]))
-    axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
-    axes[1].plot(*zip(*unet_log["loss"]))
-    axes[1].set(title="UNet loss (weighted)", xlabel="step", yscale="log")
+        axes[0].set(title="VAE reconstruction", xlabel="step", ylabel="PSNR (dB)")
+    loss_ax.plot(*zip(*unet_log["loss"]))
+    loss_ax.set(title="UNet loss (weighted)", xlabel="step", yscale="log")
     if unet_log["accuracy"]:
         steps = [s for s, _ in unet_log["accuracy"]]
         for key in ("all", *world.ATTRIBUTES):
-            axes[2].plot(steps, [a.get(key, 0) for _, a in unet_log["accuracy"]], label=key)
-        axes[2].set(title="generation accuracy (held-out prompts)", xlabel="step", ylim=(0, 1.02))
-        axes[2].legend()
+            accuracy_ax.plot(steps, [a.get(key, 0) for _, a in unet_log["accuracy"]], label=key)
+        accuracy_ax.set(title="generation accuracy (held-out prompts)", xlabel="step", ylim=(0, 1.02))
+        accuracy_ax.legend()
     fig.tight_layout()
     save_figure(fig, out / "training.png", dpi=90)
 
