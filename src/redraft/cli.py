@@ -404,7 +404,7 @@ def train():
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="work folder; run again to resume after a stop.")
 def train_shapes_model(out_dir):
-    """Train the built-in shapes model from scratch (resumable; about 2.5 h on 2 CPU cores)."""
+    """Train the built-in shapes model from scratch (resumable; 2 to 3 h on 2 CPU cores)."""
     from .shapes.train import train as run
 
     click.echo(f"model written to {run(out_dir)}")
