@@ -121,6 +121,17 @@ def test_unet_learning_rate_restarts():
     assert unet_lr(1500, more) == pytest.approx(1e-4 / 50) and unet_lr(1600, more) == pytest.approx(0.5e-4)
 
 
+def test_counterfactual_pairs_start_with_the_last_cycle_unless_told():
+    from redraft.shapes.train import Recipe, counterfactual_start
+
+    three = Recipe(unet_steps=1000, unet_restart_steps=500, unet_more_restarts=((200, 1e-4),))
+    assert counterfactual_start(three) == 1500
+    assert counterfactual_start(Recipe(unet_steps=1000, unet_restart_steps=500, unet_more_restarts=())) == 1000
+    assert counterfactual_start(Recipe(unet_steps=1000, unet_restart_steps=0, unet_more_restarts=())) == 0
+    assert counterfactual_start(Recipe(**{**three.__dict__, "counterfactual_from_step": 700})) == 700
+    assert counterfactual_start(Recipe()) == 4500  # the shipped run's, recorded in its recipe.json
+
+
 def test_a_recipe_with_16_token_positions_makes_a_working_pipeline(tmp_path):
     """`Recipe.text_positions` reaches tokenizer, text encoder and training ids, and redraft edits such a
     model (word swap, re-weighting, attention maps) with 16-token prompts, as any SD folder."""

@@ -101,7 +101,7 @@ class Recipe:
     # without them, one changed word moved the object 2 to 9 px (median) in edits (docs/shapes-model.md).
     # Half the rows of the last cycle: word swaps kept 79 / 42 / 17 / 25% of scenes before, 92 / 79 / 58 / 46% after.
     p_counterfactual: float = 0.5
-    counterfactual_from_step: int = 4500  # the last cycle
+    counterfactual_from_step: int | None = None  # None: the first step of the last cycle (`counterfactual_start`)
     counterfactual_min_t: int = 400
     min_snr_gamma: float = 5.0
     # The latent cells of the object's box and one cell around it weigh 1 + `object_loss_weight` in the
@@ -481,6 +481,13 @@ def unet_cycles(r: Recipe) -> list[tuple[int, float, int]]:
     return [(r.unet_steps, r.unet_lr, r.unet_warmup), *((n, lr, r.unet_restart_warmup) for n, lr in restarts if n)]
 
 
+def counterfactual_start(r: Recipe) -> int:
+    """The step from which counterfactual pairs are trained: `counterfactual_from_step`, or the last cycle's first."""
+    if r.counterfactual_from_step is not None:
+        return r.counterfactual_from_step
+    return sum(n for n, _, _ in unet_cycles(r)[:-1])
+
+
 def unet_lr(step: int, r: Recipe) -> float:
     """Linear warm-up then cosine decay to 0 (SGDR), within each cycle of `unet_cycles`."""
     s = step
@@ -527,7 +534,7 @@ def train_unet(out: Path, r: Recipe) -> None:
     weights = loss_weights(alphas, r)
     ids = PromptIds(tokenizer)
     cycle_ends = list(itertools.accumulate(n for n, _, _ in unet_cycles(r)))
-    total = cycle_ends[-1]
+    total, pairs_from = cycle_ends[-1], counterfactual_start(r)
     bar = tqdm(total=total, initial=step, desc="unet")
     started, running = time.time() - log["seconds"], None
     while step < total:
@@ -540,7 +547,8 @@ def train_unet(out: Path, r: Recipe) -> None:
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         prompts = [sample_prompt(scenes[i], rng, r) for i in idx.tolist()]
-        if r.p_counterfactual > 0 and step >= r.counterfactual_from_step:
+        paired = r.p_counterfactual > 0 and step >= pairs_from
+        if paired:
             swap = (torch.rand(r.unet_batch, generator=g) < r.p_counterfactual) & (t >= r.counterfactual_min_t)
             x0 = torch.where(swap.view(-1, 1, 1, 1), swapped[idx], x0)
             for row in swap.nonzero().flatten().tolist():
@@ -550,7 +558,7 @@ def train_unet(out: Path, r: Recipe) -> None:
         cells = torch.ones(1)
         if r.object_loss_weight > 0:
             rows = boxes[idx]
-            if r.p_counterfactual > 0 and step >= r.counterfactual_from_step:
+            if paired:
                 rows = rows | (boxes_swapped[idx] & swap.view(-1, 1, 1, 1))
             cells = cell_weights(rows, r.object_loss_weight)
         prompt_ids = ids(prompts)
