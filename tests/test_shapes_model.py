@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_counterfactual_pairs_start_with_the_last_cycle_unless_told():
     assert counterfactual_start(three) == 1500
     assert counterfactual_start(Recipe(unet_steps=1000, unet_restart_steps=500, unet_more_restarts=())) == 1000
     assert counterfactual_start(Recipe(unet_steps=1000, unet_restart_steps=0, unet_more_restarts=())) == 0
-    assert counterfactual_start(Recipe(**{**three.__dict__, "counterfactual_from_step": 700})) == 700
+    assert counterfactual_start(dataclasses.replace(three, counterfactual_from_step=700)) == 700
     assert counterfactual_start(Recipe()) == 4500  # the shipped run's, recorded in its recipe.json
 
 

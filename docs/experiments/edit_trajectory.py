@@ -5,8 +5,8 @@
 
 Makes the edit of `kind` of the held-out scenes chosen (the same scenes and random edits as
 `swap_controls.py` and `redraft bench shapes` for that seed), with the demo's controls for the kind updated
-by `--controls`, and reads the edit branch's predicted clean latent x0 = sqrt(a) z - sqrt(1 - a) v
-(v-prediction; (z - sqrt(1 - a) eps) / sqrt(a) for epsilon) after decoding, every `--every` steps. Prints
+by `--controls`, and reads the edit branch's predicted clean latent x0 (`ddim.predict_x0_eps`) after
+decoding, every `--every` steps. Prints
 per scene the object's offset (dx, dy, px) from where the truth has it at each step read. Early steps
 of a small object read noisily; the step where the offset settles is where the place was decided.
 """
@@ -40,12 +40,8 @@ ddim_step = ddim.step
 
 
 def recording_step(z, output, alpha, alpha_next, prediction_type):
-    """ddim.step, keeping the step's x0-prediction of every branch."""
-    a = torch.as_tensor(alpha, dtype=z.dtype)
-    if prediction_type == "v_prediction":
-        predictions.append(a.sqrt() * z - (1 - a).sqrt() * output)
-    else:
-        predictions.append((z - (1 - a).sqrt() * output) / a.sqrt())
+    """ddim.step, keeping the step's x0-prediction of every branch (`ddim.predict_x0_eps`)."""
+    predictions.append(ddim.predict_x0_eps(output, z, alpha, prediction_type)[0])
     return ddim_step(z, output, alpha, alpha_next, prediction_type)
 
 
