@@ -54,11 +54,11 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
     _pictures(tmp_path, 1)
     (tmp_path / "items.csv").write_text(
         "image,prompt,targets,blend,blend_exclude,reweight,steps,method,direct,cross_steps,self_resolution,"
-        "layout_guidance,feature_steps\n"
+        "layout_guidance,feature_steps,renoise_step,renoise_strength\n"
         "im0.png,a photo of a cat,a photo of a dog | a photo of a red cat,cat dog,photo,red=2 dog=-1,5,ddim,true,0.5,16,"
-        "0.05,0.7\n"
-        "im0.png,,a photo of a dog,,,,,,,,,,\n"
-        "im0.png,a cat,a dog,,,,x,,,,,,\n")
+        "0.05,0.7,0.6,0.9\n"
+        "im0.png,,a photo of a dog,,,,,,,,,,,,\n"
+        "im0.png,a cat,a dog,,,,x,,,,,,,,\n")
     items = B.read_manifest(tmp_path / "items.csv", B.Defaults(steps=7, self_steps=0.3))
     first, second, third = items
     assert [i.id for i in items] == ["00001", "00002", "00003"]
@@ -68,11 +68,12 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
     assert first.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=["photo"],
                                   reweight={"red": 2.0, "dog": -1.0},
                                   cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
-                                  layout_guidance=0.05, layout_guidance_steps=0.5, feature_replace_steps=0.7)
+                                  layout_guidance=0.05, layout_guidance_steps=0.5, feature_replace_steps=0.7,
+                                  renoise_step=0.6, renoise_strength=0.9)
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
     assert second.controls["cross_replace_steps"] == 0.8 and second.error is None
     assert second.controls["self_max_resolution"] is None and second.controls["layout_guidance"] == 0.0
-    assert second.controls["feature_replace_steps"] == 0.0
+    assert second.controls["feature_replace_steps"] == 0.0 and second.controls["renoise_step"] is None
     assert "steps must be a number" in third.error  # one bad value fails that item only
 
 
@@ -104,7 +105,8 @@ def test_pie_bench_mapping_file(tmp_path):
     assert cat.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=[], reweight={"dog": 2.0},
                                 cross_replace_steps=0.4,
                                 self_replace_steps=0.6, self_max_resolution=None, layout_guidance=0.0,
-                                layout_guidance_steps=0.5, feature_replace_steps=0.0)
+                                layout_guidance_steps=0.5, feature_replace_steps=0.0, renoise_step=None,
+                                renoise_strength=1.0)
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []
     other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(cross_steps=0.7), images=tmp_path / "imgs")
     assert other[0].controls["cross_replace_steps"] == 0.7 and other[0].image == str(tmp_path / "imgs/0_random/1.jpg")

@@ -129,6 +129,7 @@ def test_generate_layout_guidance_reaches_the_controls(run, tmp_path):
     assert np.array_equal(picture("zero.png", "--layout-guidance", "0"), off)
     assert not np.array_equal(picture("on.png", "--layout-guidance", "0.5", "--layout-steps", "1"), off)
     assert not np.array_equal(picture("features.png", "--feature-steps", "1"), off)  # and feature injection's
+    assert not np.array_equal(picture("renoise.png", "--renoise-step", "0.5", "--renoise-strength", "0.9"), off)
     r = run("generate", "--prompt", "a photo of a cat", "--target", "a photo of a dog", "--layout-guidance", "-1",
             "-o", str(tmp_path / "bad.png"))
     assert r.exit_code != 0 and "layout-guidance" in r.output and not (tmp_path / "bad.png").exists()
@@ -152,3 +153,11 @@ def test_bench_shapes_feature_options_reach_the_bench(run, tmp_path, monkeypatch
     assert seen["by_kind"] == {"background": {"feature_replace_steps": 0.0}, "add-background": {"feature_replace_steps": 0.0}}
     run("bench", "shapes", "--feature-steps", "0.7", "--out", str(tmp_path))
     assert seen["by_kind"] == {} and seen["seed"] == 3  # every kind the same features; the benchmark's scenes
+    from redraft.demo import EDITING, editing
+
+    assert run("bench", "shapes", "--demo-controls", "--out", str(tmp_path)).exit_code == 0
+    for kind in ("color", "size", "background"):  # the demo's controls, kind by kind; --methods says which inversion
+        applied = {**{k: seen[k] for k in EDITING if k != "direct"}, **seen["by_kind"].get(kind, {})}
+        assert applied == {k: v for k, v in editing(kind).items() if k != "direct"}, kind
+    r = run("bench", "shapes", "--demo-controls", "--cross-steps", "0.5", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "--cross-steps" in r.output, r.output

@@ -261,3 +261,41 @@ def test_feature_injection_keeps_the_edit_on_the_source(editor, image):
     assert not any(m._forward_hooks for m in editor.pipeline.unet.modules())
     with pytest.raises(InputError, match="up_blocks.1.resnets.0"):
         editor.edit(inv, **target, feature_replace_steps=0.5, feature_layers=("up_blocks.9.resnets.0",))
+
+
+def test_renoise_mixes_fresh_noise_into_the_edits_at_its_step_only():
+    """`Renoise`: DDIM eq. 12 with sigma_t = s sqrt(1 - alpha_{t-1}) at one step: the edits' noise becomes
+    sqrt(1 - s^2) eps + s xi (unit variance kept), the source's stays eps, other steps are untouched."""
+    from redraft.edit import Renoise
+
+    eps = torch.randn(3, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+    hook = Renoise(0.6, 50, strength=0.8, seed=3)
+    assert hook.at == 30 and hook(29, eps) is eps and hook(31, eps) is eps
+    mixed = hook(30, eps)
+    assert torch.equal(mixed[0], eps[0])
+    fresh = (mixed[1:] - 0.6 * eps[1:]) / 0.8
+    assert 0.97 < float(fresh.std()) < 1.03 and 0.97 < float(mixed[1:].std()) < 1.03
+    assert abs(float((fresh * eps[1:]).mean())) < 0.02  # independent of the predicted noise
+    assert torch.equal(Renoise(0.6, 50, strength=0.8, seed=3)(30, eps), mixed)  # reproducible by seed
+    assert torch.equal(Renoise(0.6, 50, strength=0.0)(30, eps), eps)
+    for bad, match in (({"renoise_step": 1.0}, "renoise_step"), ({"renoise_step": 0.5, "strength": 1.5}, "renoise_strength"),
+                       ({"renoise_step": 0.2, "start": 20}, "skip")):
+        with pytest.raises(InputError, match=match):
+            Renoise(bad.pop("renoise_step"), 50, **bad)
+
+
+def test_renoise_changes_the_edit_only(editor, image):
+    """`renoise_step`: the source branch (which reconstructs without Direct Inversion) is unchanged, the
+    edit differs from the deterministic one, and the same seed gives the same edit."""
+    inv = editor.invert(image, PROMPT, method="null-text", steps=STEPS, progress=False)
+    target = dict(target="a photo of a dog", progress=False)
+    plain = editor.edit(inv, **target)
+    renoised = editor.edit(inv, **target, renoise_step=0.5)
+    again = editor.edit(inv, **target, renoise_step=0.5)
+    other = editor.edit(inv, **target, renoise_step=0.5, renoise_seed=1)
+    assert np.array_equal(pixels(renoised[0]), pixels(plain[0]))
+    assert np.array_equal(pixels(renoised[1]), pixels(again[1]))
+    assert np.abs(pixels(renoised[1]) - pixels(plain[1])).mean() > 0.5
+    assert np.abs(pixels(other[1]) - pixels(renoised[1])).mean() > 0.5
+    with pytest.raises(InputError, match="renoise_strength"):
+        editor.edit(inv, **target, renoise_step=0.5, renoise_strength=2.0)

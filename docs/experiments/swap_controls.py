@@ -99,7 +99,7 @@ for k, scene in enumerate(world.scenes(args.seed + 1, args.n, split="test")):  #
             truth, read = edits[kind].target, world.read(np.asarray(image))
             wrong = [a for a in world.ATTRIBUTES if getattr(read, a) != getattr(truth, a)]
             failures.append(f"scene {k:2d} {kind:>10} to {getattr(truth, kind):8} ({truth.size} on {truth.background}): "
-                            f"wrong {','.join(wrong) or '-'}; moved dx {read.cx - truth.cx:+.1f} dy {read.cy - truth.cy:+.1f} px; "
+                            f"wrong {','.join(wrong) or '-'}; truth at ({truth.cx}, {truth.cy}) from ({scene.cx}, {scene.cy}); moved dx {read.cx - truth.cx:+.1f} dy {read.cy - truth.cy:+.1f} px; "
                             f"{regions(image)} region(s)")
         pictures += [world.render(edits[kind].target), image]
     print(f"scene {k + 1}/{args.n}", end="\r", flush=True)

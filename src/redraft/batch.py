@@ -48,6 +48,8 @@ FIELDS = {
     "layout_guidance": "layout guidance step size, which keeps objects in place (default 0: off)",
     "feature_steps": "feature_replace_steps: the first steps in which the source's decoder features replace the "
                      "edits' (Plug-and-Play; default 0: off)",
+    "renoise_step": "the fraction of the steps after which the edits take one step with fresh noise (default: never)",
+    "renoise_strength": "the share of fresh noise in that step (default 1)",
     "method": "inversion method: ddim, null-text or negative-prompt",
     "steps": "sampling steps",
     "guidance": "guidance scale",
@@ -231,7 +233,9 @@ def _controls(record: dict, defaults: Defaults, pie_bench: bool) -> dict:
     side = None if side in (None, "") else _number(record, "self_resolution", None, int)
     return controls_from(record.get("kind"), blend, reweight, cross, _number(record, "self_steps", self_, float),
                          side, _number(record, "layout_guidance", 0.0, float), blend_exclude=exclude,
-                         feature_steps=_number(record, "feature_steps", 0.0, float))
+                         feature_steps=_number(record, "feature_steps", 0.0, float),
+                         renoise_step=_number(record, "renoise_step", None, float),
+                         renoise_strength=_number(record, "renoise_strength", 1.0, float))
 
 
 def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:

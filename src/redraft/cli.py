@@ -119,6 +119,10 @@ def edit_options(fn):
         click.option("--feature-steps", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
                      help="fraction of the first steps in which the source's decoder features replace the "
                      "edits' (Plug-and-Play; 0: off)."),
+        click.option("--renoise-step", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+                     help="fraction of the steps after which the edits take one step with fresh noise (default: never)."),
+        click.option("--renoise-strength", type=click.FloatRange(min=0, max=1), default=1.0, show_default=True,
+                     help="share of fresh noise in that step."),
         click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
                      help="PNG of the (first) edit; a grid is written beside it (NAME.grid.png)."),
         click.option("--force", is_flag=True, help="replace outputs that exist."),
@@ -142,7 +146,7 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
 
 
 def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution=None, layout_guidance=0.0,
-                  layout_steps=0.5, blend_exclude=(), feature_steps=0.0) -> dict:
+                  layout_steps=0.5, blend_exclude=(), feature_steps=0.0, renoise_step=None, renoise_strength=1.0) -> dict:
     weights = {}
     for item in reweight:
         word, sep, factor = item.partition("=")
@@ -154,7 +158,8 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
             raise InputError(f"--reweight {item!r}: the factor {factor!r} is not a number.") from None
     return dict(kind=kind, blend=list(blend), blend_exclude=list(blend_exclude), reweight=weights,
                 cross_replace_steps=cross_steps, self_replace_steps=self_steps, self_max_resolution=self_resolution,
-                layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
+                layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps,
+                renoise_step=renoise_step, renoise_strength=renoise_strength)
 
 
 def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
@@ -183,14 +188,15 @@ def write_edit_outputs(images, prompts, first_caption: list[str], output: str, f
 @click.pass_context
 @friendly
 def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, blend, blend_exclude, reweight,
-         cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, output, force):
+         cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, renoise_step,
+         renoise_strength, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from .files import refuse_overwrite
     from .inversion import Inversion
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps, blend_exclude, feature_steps)
+                             layout_steps, blend_exclude, feature_steps, renoise_step, renoise_strength)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
     inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
@@ -214,13 +220,14 @@ def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, 
 @click.pass_context
 @friendly
 def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exclude, reweight, cross_steps,
-             self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, output, force):
+             self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, renoise_step, renoise_strength,
+             output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     from .files import refuse_overwrite
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
-                             layout_steps, blend_exclude, feature_steps)
+                             layout_steps, blend_exclude, feature_steps, renoise_step, renoise_strength)
     editor = editor_from(ctx)
     images = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, **controls)
     write_edit_outputs(images, [prompt, *targets], [f"source: {prompt}"], output, force)
@@ -309,6 +316,8 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--background-feature-steps", type=click.FloatRange(min=0, max=1), default=None,
               help="feature_replace_steps of the background edits (swaps and added backgrounds; default: "
                    "--feature-steps). The demo's: 0, since a new background changes what the features keep.")
+@click.option("--demo-controls", is_flag=True,
+              help="edit with the demo's controls for each kind (redraft.demo.editing) instead of the options above.")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale of generation and inversion (default: the model's).")
 @click.option("--seed", default=3, show_default=True,
@@ -317,17 +326,28 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
-                 layout_guidance, layout_steps, feature_steps, background_feature_steps, guidance, seed, out_dir):
+                 layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, guidance, seed, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
     from .bench import shapes as b
     from .shapes.world import BACKGROUND_KINDS
 
-    editor = editor_from(ctx)
+    controls = dict(self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     by_kind = {} if background_feature_steps is None else {
         kind: {"feature_replace_steps": background_feature_steps} for kind in BACKGROUND_KINDS}
+    if demo_controls:
+        from .demo import EDITING, EDITING_BY_KIND
+
+        given = [f"--{name.replace('_', '-')}" for name in ("self_steps", "cross_steps", "self_resolution", "layout_guidance",
+                                                            "layout_steps", "feature_steps", "background_feature_steps")
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--demo-controls sets every control; leave out {', '.join(given)}, or --demo-controls.")
+        controls = {k: v for k, v in EDITING.items() if k != "direct"}  # --methods says which inversion
+        by_kind = EDITING_BY_KIND
+    editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
-                   by_kind=by_kind, n_describe=n_describe, self_replace_steps=self_steps, cross_replace_steps=cross_steps,
-                   self_max_resolution=self_resolution, layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
+                   by_kind=by_kind, n_describe=n_describe, **controls)
     click.echo(b.table(result))
     click.echo(f"wrote {b.save(result, Path(out_dir))}")
 

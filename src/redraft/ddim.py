@@ -66,7 +66,11 @@ def predict_x0_eps(output: torch.Tensor, z: torch.Tensor, a: float, prediction_t
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
+def noised(x0: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
+    """The latent at noise level a: z = sqrt(a) x0 + sqrt(1 - a) eps."""
+    return a**0.5 * x0 + (1 - a) ** 0.5 * eps
+
+
 def step(z: torch.Tensor, output: torch.Tensor, a: float, a_next: float, prediction_type: str) -> torch.Tensor:
     """One deterministic DDIM step from noise level a to a_next (either direction): DDIM eq. 12, eta = 0."""
-    x0, eps = predict_x0_eps(output, z, a, prediction_type)
-    return a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+    return noised(*predict_x0_eps(output, z, a, prediction_type), a_next)

@@ -28,7 +28,11 @@ from .shapes import world
 EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05,
                cross_replace_steps=0.4, feature_replace_steps=0.7)
 # A new background changes the whole picture's structure, which the injected features would keep: those edits go without.
-EDITING_BY_KIND = {kind: dict(feature_replace_steps=0.0) for kind in world.BACKGROUND_KINDS}
+# A new size changes the object's outline, which every injection keeps: those edits end all injections at 60% of
+# the steps and there take one step whose noise is 90% fresh (`edit.Renoise`); the object then keeps its place.
+EDITING_BY_KIND = {kind: dict(feature_replace_steps=0.0) for kind in world.BACKGROUND_KINDS} | {
+    kind: dict(self_replace_steps=0.6, cross_replace_steps=0.6, feature_replace_steps=0.6, layout_guidance_steps=0.6,
+               renoise_step=0.6, renoise_strength=0.9) for kind in world.SIZE_KINDS}
 
 
 def editing(kind: str) -> dict:

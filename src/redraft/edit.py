@@ -47,6 +47,12 @@ class Controls:
     output of the UNet blocks `feature_layers` replaces the edits' (`redraft.features`: Plug-and-Play's
     feature injection, Tumanyan et al. 2023, tau_f; its layer is SD's `up_blocks.1.resnets.1`). It keeps
     objects in place; 0 (the default, as in P2P) turns it off.
+    renoise_step: the fraction of the steps after which the edits take one stochastic step (`Renoise`):
+    a share `renoise_strength` of the noise that points them to the next step's level is fresh. The
+    predicted noise of a deterministic step carries the layout the edit has drawn so far, the source's
+    object included; a change of size keeps its place best when the injection windows end there and the
+    edit then finishes from its own prediction (docs/shapes-model.md). None (the default, as in P2P)
+    keeps every step deterministic. renoise_seed: the seed of the fresh noise.
     """
 
     kind: str | None = None
@@ -65,6 +71,9 @@ class Controls:
     skip_steps: float = 0.0
     feature_replace_steps: float | tuple = 0.0
     feature_layers: Sequence[str] = ("up_blocks.1.resnets.1",)
+    renoise_step: float | None = None
+    renoise_strength: float = 1.0
+    renoise_seed: int = 0
 
 
 def skipped_steps(skip_steps: float, steps: int) -> int:
@@ -72,6 +81,31 @@ def skipped_steps(skip_steps: float, steps: int) -> int:
     if not 0 <= skip_steps < 1:
         raise InputError(f"skip_steps is the fraction of the first steps an edit skips, 0 <= skip_steps < 1; got {skip_steps}.")
     return int(skip_steps * steps + 1e-9)  # rounded down, so at least one step is left
+
+
+class Renoise:
+    """`noise(i, eps)` for `sampling.denoise`: at step `at`, the edits' predicted noise eps becomes
+    sqrt(1 - s^2) eps + s xi with fresh xi ~ N(0, I) and s = `strength`. That step is then DDIM eq. 12
+    with sigma_t = s sqrt(1 - alpha_{t-1}) (Song et al. 2021; s = 1: the predicted x0 noised afresh).
+    The source (row 0) keeps its own eps, so it still reconstructs. Every other step stays deterministic."""
+
+    def __init__(self, renoise_step: float, steps: int, strength: float = 1.0, seed: int = 0, start: int = 0):
+        if not 0 <= renoise_step < 1:
+            raise InputError(f"renoise_step is the fraction of the steps after which the edits are re-noised once, "
+                             f"0 <= renoise_step < 1 (None: never); got {renoise_step}.")
+        if not 0 <= strength <= 1:
+            raise InputError(f"renoise_strength is the share of fresh noise in the re-noised step, 0 to 1; got {strength}.")
+        self.at, self.strength, self.seed = int(renoise_step * steps + 1e-9), strength, seed
+        if self.at < start:
+            raise InputError(f"renoise_step {renoise_step} is step {self.at}, before the edit's first step {start} "
+                             f"(skip_steps): re-noise at a later step, or skip fewer.")
+
+    def __call__(self, i: int, eps: torch.Tensor) -> torch.Tensor:
+        if i != self.at:
+            return eps
+        fresh = torch.randn(eps[1:].shape, generator=torch.Generator().manual_seed(self.seed)).to(eps)  # drawn on the CPU
+        s = self.strength
+        return torch.cat([eps[:1], (1 - s * s) ** 0.5 * eps[1:] + s * fresh])
 
 
 def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:

@@ -15,7 +15,7 @@ from PIL import Image
 from . import invert as inv
 from . import words as W
 from .attention import AttentionControl, controlled
-from .edit import Controls, LocalBlend, plan, skipped_steps
+from .edit import Controls, LocalBlend, Renoise, plan, skipped_steps
 from .ddim import Schedule
 from .describe.model import Description
 from .errors import InputError
@@ -315,11 +315,14 @@ class Editor:
 
         features = W.step_window(controls.feature_replace_steps, schedule.steps) \
             if edit_plan is not None and controls.feature_replace_steps else None
+        renoise = Renoise(controls.renoise_step, schedule.steps, controls.renoise_strength,
+                                                controls.renoise_seed, start) \
+            if edit_plan is not None and controls.renoise_step is not None else None
 
         with controlled(self.unet, control), \
                 injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
             z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
-                        start=start, progress=progress, desc=desc)
+                        noise=renoise, start=start, progress=progress, desc=desc)
         self.last_attention, self.last_blend = control, blend
         return z
 

@@ -62,13 +62,15 @@ def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch
             uncond: torch.Tensor, guidance_scale: float, *,
             callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
             guide: Callable[[int, int, torch.Tensor], torch.Tensor] | None = None,
+            noise: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
             start: int = 0, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """Run the DDIM chain from z_start (shape [B, C, H, W]; x_T when `start` is 0) to the clean latent z_N.
 
     `cond` is [B, L, D]; `uncond` is [B, L, D] for all steps or [N, B, L, D], one per step (null-text
     inversion's per-step embeddings). `callback(i, z)` may return a replacement for z after step i
     (LocalBlend, Direct Inversion's offsets); `guide(i, t, z)` returns z moved before step i (layout
-    guidance).
+    guidance); `noise(i, eps)` returns the noise step i points z at, in place of the predicted eps
+    (`edit.Renoise`; without it every step is deterministic DDIM).
     """
     z = z.float()
     for i in tqdm(range(start, schedule.steps), desc=desc, disable=not progress, leave=False):
@@ -77,7 +79,8 @@ def denoise(model: CountedUNet, schedule: Schedule, z: torch.Tensor, cond: torch
         if guide is not None:
             z = guide(i, t, z)
         output = guided_output(model, z, t, cond, u, guidance_scale, step=i)
-        z = ddim.step(z, output, schedule.alphas[i], schedule.alphas[i + 1], schedule.prediction_type)
+        x0, eps = ddim.predict_x0_eps(output, z, schedule.alphas[i], schedule.prediction_type)
+        z = ddim.noised(x0, eps if noise is None else noise(i, eps), schedule.alphas[i + 1])
         if callback is not None:
             replaced = callback(i, z)
             z = z if replaced is None else replaced

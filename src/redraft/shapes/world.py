@@ -210,6 +210,7 @@ def parse_prompt(prompt: str) -> dict[str, str | None]:
 SWAPS = ("color", "shape", "size", "background")  # word swaps: one attribute's word for another
 EDIT_KINDS = (*SWAPS, "add-size", "add-background", "reweight")
 BACKGROUND_KINDS = ("background", "add-background")  # the edits that change the background
+SIZE_KINDS = ("size", "add-size")  # the edits that change the size
 _VALUES = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
 
 
