@@ -256,3 +256,10 @@ def test_blend_exclude_reaches_the_edit(app, picture):
     plain, *_ = edit(app, cache, picture)
     alone, *_ = edit(app, cache, picture, blend_exclude="photo")  # everything but the photo's region may change
     assert not np.array_equal(np.asarray(Image.open(alone[2][0])), np.asarray(Image.open(plain[2][0])))
+
+
+def test_renoise_reaches_the_edit(app, picture):
+    plain, *_, cache, _ = edit(app, {}, picture)
+    renoised, *_ = edit(app, cache, picture, renoise_step=0.5)
+    assert np.array_equal(np.asarray(Image.open(plain[1][0])), np.asarray(Image.open(renoised[1][0])))  # source
+    assert not np.array_equal(np.asarray(Image.open(plain[2][0])), np.asarray(Image.open(renoised[2][0])))

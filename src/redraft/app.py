@@ -41,6 +41,7 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what an upload may be
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused before it is decoded
 MAX_UPLOAD = "100mb"  # any one uploaded file (a 50-step SD inversion is about 16 MB)
 KEPT_INVERSIONS = 3  # per browser session
+RENOISE_STRENGTH = 0.9  # the share of fresh noise in the re-noised step: the demo's, for size edits (redraft.demo)
 KINDS = [("auto (chosen from the prompts)", "auto"), ("swap words (replace)", "replace"),
          ("refine (words added or removed)", "refine"), ("re-weight only", "reweight")]
 NO_DESCRIBE = ("Describing images is not in this version of redraft yet: type the source prompt "
@@ -160,7 +161,8 @@ class App:
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
              targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
              cross_steps: float = 0.8, self_steps: float = 0.4, layout_guidance: float = 0.0,
-             blend_exclude: str = "", feature_steps: float = 0.0, progress=gr.Progress(track_tqdm=True)):
+             blend_exclude: str = "", feature_steps: float = 0.0, renoise_step: float = 0.0,
+             progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         Returns (gallery, attention maps, PNG files, inversion file, cache, status).
@@ -178,7 +180,8 @@ class App:
                         blend_exclude=words_of(blend_exclude),
                         reweight={w: float(factor) for w in words_of(reweight)},
                         cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps),
-                        layout_guidance=float(layout_guidance), feature_replace_steps=float(feature_steps))
+                        layout_guidance=float(layout_guidance), feature_replace_steps=float(feature_steps),
+                        renoise_step=float(renoise_step) or None, renoise_strength=RENOISE_STRENGTH)
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
         inversion = cache.get(key)
@@ -279,6 +282,9 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     features = gr.Slider(0, 1, value=0.0, step=0.05, label="feature injection steps: the input's "
                                          "structure kept (fraction; 0: off; not for a new background)",
                                          elem_id="features")
+                    renoise = gr.Slider(0, 0.95, value=0.0, step=0.05, label="re-noise step: after this fraction "
+                                        f"of the steps the edits take one step with {RENOISE_STRENGTH:.0%} fresh noise, "
+                                        "which frees a new size from the input's outline (0: off)", elem_id="renoise")
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -294,7 +300,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         describe.click(app.describe, image, prompt, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
-                             cross_steps, self_steps, layout, blend_exclude, features],
+                             cross_steps, self_steps, layout, blend_exclude, features, renoise],
                   [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
                   **model_queue)
     return page
