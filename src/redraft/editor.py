@@ -315,9 +315,8 @@ class Editor:
 
         features = W.step_window(controls.feature_replace_steps, schedule.steps) \
             if edit_plan is not None and controls.feature_replace_steps else None
-        renoise = Renoise(controls.renoise_step, schedule.steps, controls.renoise_strength,
-                                                controls.renoise_seed, start) \
-            if edit_plan is not None and controls.renoise_step is not None else None
+        renoise = Renoise(controls.renoise_step, schedule.steps, controls.renoise_strength, controls.renoise_seed,
+                          start) if edit_plan is not None and controls.renoise_step is not None else None
 
         with controlled(self.unet, control), \
                 injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
