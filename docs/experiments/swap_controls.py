@@ -12,7 +12,8 @@ edit locally on its kind's words as `redraft bench shapes --blend` does (one edi
 `--seed` to choose controls on scenes the benchmark does not score. Prints, per kind, the share of edits
 right (every attribute and the position within 3 px), right with the position aside, and the median shift;
 writes a grid per scene: source, then the truth and the edit of each kind. `--failures` also lists every
-edit that failed: the attributes read wrong, the object's move, and how many separate regions the reader
+edit that failed: the attributes read wrong, the truth's centre (the source's, clamped into range when the
+size changes), the object's move from it, and how many separate regions the reader
 took for the object (more than one: a detached ghost pulled its centre).
 """
 
