@@ -67,12 +67,12 @@ for name, pairs in (("training pairs", trained[:args.n]), ("held-out pairs", hel
         def sample(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return denoise(editor.unet, schedule, z, c, empty, guidance, start=k, progress=False)
 
-        z = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+        z = ddim.noised(x0, eps, a)
         with torch.no_grad():
             first, _ = ddim.predict_x0_eps(guided_output(editor.unet, z, t, cond, empty, guidance), z, a,
                                            schedule.prediction_type)
         print(f"{name}, {args.kind} swaps, from step {k} (t = {t}): "
               f"source {right(sample(z, cond_source), sources):.0%}  "
               f"target {right(sample(z, cond), targets):.0%}  "
-              f"first x0 re-noised {right(sample(a**0.5 * first + (1 - a) ** 0.5 * eps, cond), targets):.0%}  "
-              f"oracle {right(sample(a**0.5 * x0_target + (1 - a) ** 0.5 * eps, cond), targets):.0%}", flush=True)
+              f"first x0 re-noised {right(sample(ddim.noised(first, eps, a), cond), targets):.0%}  "
+              f"oracle {right(sample(ddim.noised(x0_target, eps, a), cond), targets):.0%}", flush=True)

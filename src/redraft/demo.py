@@ -30,9 +30,11 @@ EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layo
 # A new background changes the whole picture's structure, which the injected features would keep: those edits go without.
 # A new size changes the object's outline, which every injection keeps: those edits end all injections at 60% of
 # the steps and there take one step whose noise is 90% fresh (`edit.Renoise`); the object then keeps its place.
+SIZE_RENOISE_STEP = 0.6  # where every injection window of a size edit ends, and its re-noised step is
 EDITING_BY_KIND = {kind: dict(feature_replace_steps=0.0) for kind in world.BACKGROUND_KINDS} | {
-    kind: dict(self_replace_steps=0.6, cross_replace_steps=0.6, feature_replace_steps=0.6, layout_guidance_steps=0.6,
-               renoise_step=0.6, renoise_strength=0.9) for kind in world.SIZE_KINDS}
+    kind: dict(renoise_step=SIZE_RENOISE_STEP, renoise_strength=0.9, **{window: SIZE_RENOISE_STEP for window in (
+        "self_replace_steps", "cross_replace_steps", "feature_replace_steps", "layout_guidance_steps")})
+    for kind in world.SIZE_KINDS}
 
 
 def editing(kind: str) -> dict:
