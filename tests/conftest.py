@@ -147,7 +147,7 @@ def build_tiny_lpips(path: Path, net: str = "alex", seed: int = 0) -> Path:
     """Random LPIPS weights (non-negative per-channel weights, as trained ones are) in one safetensors file."""
     from safetensors.torch import save_file
 
-    from redraft.metrics import Lpips
+    from redraft.eval.metrics import Lpips
 
     torch.manual_seed(seed)
     model = Lpips(net)

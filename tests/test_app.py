@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from redraft.app import App, NO_DESCRIBE, open_upload, serve
+from redraft.apps.web import App, NO_DESCRIBE, open_upload, serve
 from redraft.errors import InputError
-from redraft.metrics import psnr
+from redraft.eval.metrics import psnr
 
 SOURCE = "a photo of a cat"
 TARGET = "a photo of a dog"

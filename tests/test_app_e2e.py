@@ -56,7 +56,7 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "redraft.cli", "--device", "cpu", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "redraft", "--device", "cpu", "serve", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 import redraft
-from redraft import batch as B
-from redraft import metrics
-from redraft.cli import main
+from redraft.apps import batch as B
+from redraft.eval import metrics
+from redraft.apps.cli import main
 from redraft.errors import InputError
-from redraft.inversion import Inversion
+from redraft.io.inversion_file import Inversion
 
 
 def _pictures(folder: Path, n: int, size: int = 16) -> list[str]:
@@ -288,7 +288,7 @@ def test_two_processes_share_the_items_and_a_second_run_does_nothing(tiny_folder
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-               "--main_process_port", str(_free_port()), "-m", "redraft.cli",
+               "--main_process_port", str(_free_port()), "-m", "redraft",
                "--model", str(tiny_folder), "--device", "cpu", "batch", str(manifest), "-o", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -8,7 +8,7 @@ import math
 from click.testing import CliRunner
 
 from redraft.bench import summary
-from redraft.cli import main
+from redraft.apps.cli import main
 
 
 def test_summary_rows_count_the_unet_passes(editor, tmp_path):

@@ -215,7 +215,7 @@ def test_bad_inputs_raise_input_error(tmp_path):
 def test_cli_trains_a_captioner_and_rejects_unknown_variants(tmp_path):
     from click.testing import CliRunner
 
-    from redraft.cli import main
+    from redraft.apps.cli import main
 
     runner = CliRunner()
     out = tmp_path / "run"

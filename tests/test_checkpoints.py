@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from redraft.checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
+from redraft.io.checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
 
 
 def make():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from redraft.cli import main
+from redraft.apps.cli import main
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_bench_shapes_feature_options_reach_the_bench(run, tmp_path, monkeypatch
     assert seen["by_kind"] == {"background": {"feature_replace_steps": 0.0}, "add-background": {"feature_replace_steps": 0.0}}
     run("bench", "shapes", "--feature-steps", "0.7", "--out", str(tmp_path))
     assert seen["by_kind"] == {} and seen["seed"] == 3  # every kind the same features; the benchmark's scenes
-    from redraft.demo import EDITING, editing
+    from redraft.apps.demo import EDITING, editing
 
     assert run("bench", "shapes", "--demo-controls", "--out", str(tmp_path)).exit_code == 0
     for kind in ("color", "size", "background"):  # the demo's controls, kind by kind; --methods says which inversion

@@ -289,7 +289,7 @@ def test_invert_without_a_prompt_uses_the_description(builtin):
 
 
 def test_cli_describe_json_and_bad_inputs(tmp_path):
-    from redraft.cli import main
+    from redraft.apps.cli import main
 
     scenes = world.scenes(UNSEEN_SEED, 2, "test")
     paths = []
@@ -322,7 +322,7 @@ def test_model_without_a_describer(editor, image):
 
 def latents_of(editor, steps: int = 3) -> torch.Tensor:
     """Clean latents of one prompt from a fixed x_T, through the editor's U-Net (the one sampling loop)."""
-    from redraft.sampling import denoise
+    from redraft.core.sampling import denoise
 
     return denoise(editor.unet, editor.schedule(steps), editor.initial_noise(0), editor.embed(["a cat"]),
                    editor.embed([""]), 7.5, progress=False)

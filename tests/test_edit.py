@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from redraft import InputError
-from redraft.attention import ControlProcessor
-from redraft.edit import Controls, skipped_steps
+from redraft.p2p.attention import ControlProcessor
+from redraft.p2p.controls import Controls, skipped_steps
 
 PROMPT = "a photo of a cat"
 STEPS = 10
@@ -128,7 +128,7 @@ def test_attention_maps_shapes_normalisation_and_word_merge(editor, image):
     control = editor.last_attention if editor.last_attention is not None else None
     assert maps.words == ["a", "photo", "of", "a", "lion"]
     assert maps.maps.shape == (5, 8, 8)
-    from redraft.attention import AttentionControl, controlled
+    from redraft.p2p.attention import AttentionControl, controlled
 
     control = AttentionControl(tuple(inv.x_T.shape[-2:]))
     with controlled(editor.unet, control):
@@ -160,7 +160,7 @@ def test_edit_errors(editor, image):
 
 def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor):
     """P2P's rule: self-attention layers of at most half the latent's side; `self_max_resolution` moves it."""
-    from redraft.edit import plan
+    from redraft.p2p.controls import plan
 
     prompts = [PROMPT, "a photo of a dog"]
     assert plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
@@ -169,9 +169,9 @@ def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor
 
 def test_layout_guidance_step_lowers_its_loss_and_leaves_the_source(editor):
     """One guidance step moves the edit's latent downhill on L (own maps vs the source's mapped maps)."""
-    from redraft.attention import AttentionControl, controlled
-    from redraft.edit import plan
-    from redraft.guidance import layout_guidance
+    from redraft.p2p.attention import AttentionControl, controlled
+    from redraft.p2p.controls import plan
+    from redraft.p2p.layout import layout_guidance
 
     prompts = [PROMPT, "a photo of a dog"]
     schedule = editor.schedule(STEPS)
@@ -232,8 +232,8 @@ def test_skip_steps_starts_every_branch_on_the_pivot(editor, image):
 def test_feature_injection_copies_the_source_rows_of_the_batch():
     """`FeatureInjection` follows `guided_output`'s layout: [unconditional rows..., conditional rows...],
     the source first in each; a source without an unconditional pass lends its conditional row."""
-    from redraft.attention import AttentionControl
-    from redraft.features import FeatureInjection
+    from redraft.p2p.attention import AttentionControl
+    from redraft.p2p.features import FeatureInjection
 
     control = AttentionControl((4, 4), store=False)
     hook = FeatureInjection(control, torch.tensor([True, False]))
@@ -266,7 +266,7 @@ def test_feature_injection_keeps_the_edit_on_the_source(editor, image):
 def test_renoise_mixes_fresh_noise_into_the_edits_at_its_step_only():
     """`Renoise`: DDIM eq. 12 with sigma_t = s sqrt(1 - alpha_{t-1}) at one step: the edits' noise becomes
     sqrt(1 - s^2) eps + s xi (unit variance kept), the source's stays eps, other steps are untouched."""
-    from redraft.edit import Renoise
+    from redraft.p2p.renoise import Renoise
 
     eps = torch.randn(3, 4, 64, 64, generator=torch.Generator().manual_seed(1))
     hook = Renoise(0.6, 50, strength=0.8, seed=3)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from redraft.errors import InputError
-from redraft.image import fit, load_image, to_pil, to_tensor, to_uint8
+from redraft.io.image import fit, load_image, to_pil, to_tensor, to_uint8
 
 WHITE = [255, 255, 255]
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import redraft
+import redraft.core.sampling
 from redraft import InputError, Inversion
 
 PROMPT = "a photo of a cat"
@@ -98,7 +99,7 @@ def test_generation_matches_diffusers_pipeline(any_editor):
     """The one sampling loop, run as generation, equals StableDiffusionPipeline.__call__."""
     pipe = any_editor.pipeline
     x_T = any_editor.initial_noise(seed=3)
-    ours = redraft.sampling.denoise(any_editor.unet, any_editor.schedule(STEPS), x_T,
+    ours = redraft.core.sampling.denoise(any_editor.unet, any_editor.schedule(STEPS), x_T,
                                     any_editor.embed([PROMPT]), any_editor.embed([""]), 7.5, progress=False)
     theirs = pipe(PROMPT, latents=x_T.clone(), num_inference_steps=STEPS, guidance_scale=7.5,
                   output_type="latent").images

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from redraft import metrics
+from redraft.eval import metrics
 from redraft.errors import InputError
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

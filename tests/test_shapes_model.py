@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import redraft
-from redraft.loading import builtin_path
+from redraft.io.loading import builtin_path
 from redraft.shapes import world
 
 
@@ -42,7 +42,7 @@ def test_its_vae_gives_back_every_scene(builtin):
     attribute and the centre (within 1 px) read back right. The decoder before tuning (the fifth
     version's) gave 33.7 dB on these scenes and 46 of 48 right."""
     from redraft.bench.shapes import outcome
-    from redraft.metrics import psnr
+    from redraft.eval.metrics import psnr
 
     scenes = world.scenes(7, 48, split="test")
     images = [world.render(s) for s in scenes]
@@ -64,7 +64,7 @@ def test_follows_its_prompts(builtin):
     """
     import torch
 
-    from redraft.sampling import denoise
+    from redraft.core.sampling import denoise
 
     scenes = world.scenes(100, 32, split="test")
     prompts = [s.prompt() for s in scenes]
@@ -90,7 +90,7 @@ def test_edits_keep_the_scene(builtin):
     import random
 
     from redraft.bench.shapes import POSITION_TOLERANCE, outcome
-    from redraft.demo import editing
+    from redraft.apps.demo import editing
 
     results = []
     for k, scene in enumerate(world.scenes(200, 6, split="test")):
@@ -116,7 +116,7 @@ def test_size_swaps_keep_their_place_after_the_renoised_step(builtin):
     import random
 
     from redraft.bench.shapes import POSITION_TOLERANCE, outcome
-    from redraft.demo import editing
+    from redraft.apps.demo import editing
 
     shifts: dict[str, list] = {"renoise": [], "deterministic": []}
     drawn = 0

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from redraft.errors import InputError
-from redraft.words import (edit_kind, find_word, refinement_mapper, replacement_mapper, reweight_vector,
+from redraft.p2p.tokens import (edit_kind, find_word, refinement_mapper, replacement_mapper, reweight_vector,
                            step_windows, word_tokens)
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 import redraft
-import redraft.attention as attention_module
+import redraft.p2p.attention as attention_module
 import redraft.editor as editor_module
 from redraft.bench.shapes import SEED, kept
-from redraft.edit import Controls
+from redraft.p2p.controls import Controls
 from redraft.editor import per_step_nulls
-from redraft.sampling import denoise
+from redraft.core.sampling import denoise
 from redraft.shapes import world
 
 

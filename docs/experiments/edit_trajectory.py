@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 import redraft
-from redraft import ddim, sampling
-from redraft.demo import editing
+from redraft.core import ddim, sampling
+from redraft.apps.demo import editing
 from redraft.shapes import world
 
 parser = argparse.ArgumentParser()

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 import redraft
-from redraft import ddim
+from redraft.core import ddim
 from redraft.bench.shapes import kept
-from redraft.sampling import denoise, guided_output
+from redraft.core.sampling import denoise, guided_output
 from redraft.shapes import world
 from redraft.shapes.train import Recipe, counterfactual_scenes, training_scenes
 

@@ -27,8 +27,8 @@ import numpy as np
 
 import redraft
 from redraft.bench.shapes import blend_words, record
-from redraft.demo import editing
-from redraft.draw import grid
+from redraft.apps.demo import editing
+from redraft.io.draw import grid
 from redraft.shapes import world
 
 parser = argparse.ArgumentParser()

@@ -12,20 +12,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import invert as inv
-from . import words as W
-from .attention import AttentionControl, controlled
-from .edit import Controls, LocalBlend, Renoise, plan, skipped_steps
-from .ddim import Schedule
+from .inversions import METHODS
+from .inversions.ddim import ddim_inversion
+from .inversions.null_text import null_text_optimisation
+from .p2p import tokens as W
+from .p2p.attention import AttentionControl, controlled
+from .p2p.blend import LocalBlend
+from .p2p.controls import Controls, plan, skipped_steps
+from .p2p.renoise import Renoise
+from .core.ddim import Schedule
 from .describe.model import Description
 from .errors import InputError
-from .features import injected
-from .guidance import layout_guidance
-from .image import ImageLike, fit, load_image, to_pil, to_tensor
-from .inversion import METHODS, Cost, Inversion
-from .loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
-from .prompts import check_prompt, encode_prompts
-from .sampling import CountedUNet, denoise
+from .p2p.features import injected
+from .p2p.layout import layout_guidance
+from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
+from .io.inversion_file import Cost, Inversion
+from .io.loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
+from .core.prompts import check_prompt, encode_prompts
+from .core.sampling import CountedUNet, denoise
 
 
 def load(model: str | None = None, *, device: str | torch.device | None = None,
@@ -162,10 +166,10 @@ class Editor:
         started = time.perf_counter()
         cond = self.embed(prompts)
         empty = self.embed([""] * len(prompts))
-        pivots = inv.ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
+        pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
         options: dict = {}
         if method == "null-text":
-            nulls = inv.null_text_optimisation(
+            nulls = null_text_optimisation(
                 self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
                 inner_steps=inner_steps, shared=global_null, progress=progress)
             options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
@@ -284,7 +288,7 @@ class Editor:
     def word_maps(self, control: AttentionControl, prompt: str, image: Image.Image, resolution: int | None = None,
                   row: int = 0) -> WordMaps:
         """Merge the stored token maps of prompt `row` into one map per word."""
-        from .words import word_tokens
+        from .p2p.tokens import word_tokens
 
         maps = control.cross_maps(resolution)[row]  # [h, w, L]
         pieces = word_tokens(self.pipeline.tokenizer, prompt)
@@ -343,7 +347,7 @@ class WordMaps:
     resolution: int | None
 
     def draw(self, cell: int = 256) -> Image.Image:
-        from .draw import word_maps
+        from .io.draw import word_maps
 
         return word_maps(self.image, self.words, self.maps, cell=cell)
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..describe.caption import VARIANTS, CachedEmbedder, Captioner, CaptionRecipe, caption_cosines, train_captioner
 from ..describe.data import ShapesDataset
 from ..errors import InputError
-from ..files import atomic_path, save_image
+from ..io.files import atomic_path, save_image
 from ..shapes import world
 
 TEST_SEED = 20_261  # held-out scenes: split "test" and a seed no training run uses
@@ -138,7 +138,7 @@ def table(result: dict) -> str:
 def save(result: dict, out_dir: Path, n_pictures: int = 8) -> tuple[Path, Path]:
     """caption.json (everything, captions included) and caption.png (test scenes with each variant's
     caption, first seed)."""
-    from ..draw import grid
+    from ..io.draw import grid
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

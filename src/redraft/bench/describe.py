@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import write_json
+from ..io.files import write_json
 from ..shapes import world
 
 TEST_SEED = 77  # held-out scenes: split "test"; training uses seed 0 ("train") and 10000 ("test", validation)
@@ -98,7 +98,7 @@ def run(describer: str | Path | None, n: int, *, train_size: int = 10000, epochs
     from ..describe.model import Describer
     from ..describe.train import train
     from ..errors import InputError
-    from ..loading import builtin_path
+    from ..io.loading import builtin_path
 
     rows = list(rows or DEFAULT_ROWS)
     unknown = [r for r in rows if r not in ROWS]

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import pyplot, save_figure, write_json
-from ..metrics import psnr, ssim
+from ..io.files import pyplot, save_figure, write_json
+from ..eval.metrics import psnr, ssim
 
 # (label, invert() keyword arguments)
 METHODS: dict[str, dict] = {
@@ -165,7 +165,7 @@ def save(result: dict, out_dir: Path) -> tuple[Path, Path]:
 
 def cases_from_file(path: Path) -> list[tuple[np.ndarray, str]]:
     """A JSONL file of {"image": path, "prompt": text} rows (paths relative to the file)."""
-    from ..image import load_image
+    from ..io.image import load_image
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [(np.asarray(load_image(path.parent / r["image"])), r["prompt"]) for r in rows]

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..files import write_json
-from ..metrics import psnr
-from ..sampling import denoise
+from ..io.files import write_json
+from ..eval.metrics import psnr
+from ..core.sampling import denoise
 from ..shapes import world
 
 SEED = 3  # held-out scenes: split "test", never used in training

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import pyplot, save_figure, write_json
+from ..io.files import pyplot, save_figure, write_json
 from . import inversion, shapes
 
 

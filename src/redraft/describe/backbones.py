@@ -238,7 +238,7 @@ class UNetEncoder(nn.Module):
         if captions is None or len(captions) != batch:
             raise InputError("this describer's U-Net reads a caption per image: pass captions=[...] "
                              "(one per image), e.g. from a captioner")
-        from ..prompts import encode_prompts
+        from ..core.prompts import encode_prompts
 
         return encode_prompts(self.tokenizer, self.text_encoder, list(captions)).to(self.conv_in.weight.device)
 
@@ -286,7 +286,7 @@ class UNetEncoder(nn.Module):
         """
         import copy
 
-        from ..prompts import encode_prompts
+        from ..core.prompts import encode_prompts
 
         n_train = pipeline.scheduler.config.num_train_timesteps
         if not isinstance(timestep, int) or not 0 <= timestep < n_train:

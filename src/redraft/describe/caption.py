@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_checkpoint, save_checkpoint
+from ..io.checkpoints import load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..image import ImageLike, load_image
+from ..io.image import ImageLike, load_image
 from .curriculum import curriculum_stages, difficulty_scores
 from .vocabulary import Vocabulary
 

@@ -17,7 +17,7 @@ import copy
 from contextlib import contextmanager
 
 from ..errors import InputError
-from ..sampling import CountedUNet
+from ..core.sampling import CountedUNet
 from .backbones import UNetEncoder
 
 ENCODER_PARTS = ("conv_in", "time_embedding", "down_blocks", "mid_block")

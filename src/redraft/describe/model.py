@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InputError
-from ..files import atomic_path
+from ..io.files import atomic_path
 from .backbones import TransformersBackbone, UNetEncoder, to_pixels
 from .heads import JointHeads
 from .retrieval import PromptBank
@@ -198,7 +198,7 @@ class Describer(nn.Module):
 def describer_folder(model: str | None, describer: str | Path | None = None) -> Path:
     """The describer of a model: `describer` if given, else `<model folder>/describer` (None: the
     built-in shapes model's). Raises InputError when there is none."""
-    from ..loading import BUILTIN, builtin_path
+    from ..io.loading import BUILTIN, builtin_path
 
     if describer is not None:
         return Path(describer)

@@ -1,6 +1,6 @@
 """Training a describer (Reverse Stable Diffusion, Croitoru et al. 2024, section "training"): AdamW
 with cosine annealing on the joint loss, optionally with the curriculum, on one CPU, one GPU, or many
-GPUs (`accelerate launch -m redraft.cli train describer ...`; `accelerate.Accelerator` does the
+GPUs (`accelerate launch -m redraft train describer ...`; `accelerate.Accelerator` does the
 device placement, the process group and the sharding of batches).
 
     redraft train describer --data shapes --backbone resnet-tiny --out DIR
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import checkpoint_extra, load_checkpoint, save_checkpoint
+from ..io.checkpoints import checkpoint_extra, load_checkpoint, save_checkpoint
 from ..errors import InputError
-from ..files import atomic_path, pyplot, save_figure
+from ..io.files import atomic_path, pyplot, save_figure
 from . import data as readers
 from .curriculum import curriculum_stages, difficulty_scores
 from .loss import joint_loss, per_example_cosine
@@ -364,7 +364,7 @@ def build_describer(options: TrainOptions, vocabulary: Vocabulary, bank: PromptB
 
     torch.manual_seed(options.seed)
     if options.backbone == "unet":
-        from ..loading import BUILTIN, load_pipeline
+        from ..io.loading import BUILTIN, load_pipeline
 
         pipeline = load_pipeline(options.model, torch.device("cpu"), torch.float32)
         backbone = UNetEncoder.from_pipeline(pipeline, timestep=options.timestep, context=options.context,

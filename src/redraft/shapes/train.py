@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
-from ..files import pyplot, save_figure
-from ..loading import SETTINGS
+from ..io.checkpoints import checkpoint_log, load_checkpoint, save_checkpoint
+from ..io.files import pyplot, save_figure
+from ..io.loading import SETTINGS
 from . import world
 from .tokenizer import build_tokenizer
 
@@ -391,9 +391,9 @@ def generation_accuracy(unet, text_encoder, vae, tokenizer, scaling: float, pred
     """Share of held-out full prompts whose every attribute reads back right (a quick in-training probe)."""
     from diffusers import DDIMScheduler
 
-    from ..ddim import Schedule
-    from ..image import to_uint8
-    from ..sampling import CountedUNet, denoise
+    from ..core.ddim import Schedule
+    from ..io.image import to_uint8
+    from ..core.sampling import CountedUNet, denoise
 
     schedule = Schedule.from_scheduler(DDIMScheduler(**sd_scheduler_config(prediction_type)), steps)
     scenes = world.scenes(seed, n, split="test")

@@ -11,10 +11,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import InputError
+from ..errors import InputError
 from .files import atomic_path
 
-METHODS = ("ddim", "null-text", "negative-prompt")
+from ..inversions import METHODS
 FORMAT = "redraft.inversion/1"
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from .attention import AttentionControl
-from .errors import InputError
+from ..errors import InputError
 
 
 class FeatureInjection:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bench.shapes import POSITION_TOLERANCE, shift_of
-from .draw import grid
-from .files import save_image, write_json
-from .metrics import psnr
-from .shapes import world
+from ..bench.shapes import POSITION_TOLERANCE, shift_of
+from ..io.draw import grid
+from ..io.files import save_image, write_json
+from ..eval.metrics import psnr
+from ..shapes import world
 
 # The best measured editing of the built-in model (docs/shapes-model.md, `redraft bench shapes --methods direct`):
 # Direct Inversion, self-attention injected for 70% of the steps in every layer (16 x 16 too), layout guidance,

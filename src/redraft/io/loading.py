@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 BUILTIN = "builtin:shapes"
 DEFAULT_GUIDANCE = 7.5  # SD 1.x / 2.x's classifier-free guidance scale (and P2P's, null-text's)

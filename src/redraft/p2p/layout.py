@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from . import words as W
+from . import tokens as W
 from .attention import AttentionControl
-from .errors import InputError
+from ..errors import InputError
 
 
 class LayoutGuidance:

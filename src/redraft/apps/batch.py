@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import metrics as M
-from .errors import InputError
-from .files import atomic_path, save_image, write_json
+from ..eval import metrics as M
+from ..errors import InputError
+from ..io.files import atomic_path, save_image, write_json
 
 FORMAT = "redraft.batch/1"
 # Manifest fields (JSONL keys or CSV columns). Only image and target(s) are required.
@@ -309,7 +309,7 @@ def edit_masks(item: Item, original: Image.Image, size: tuple[int, int]) -> tupl
         return None
     w, h = original.size
     if isinstance(item.mask, str):
-        from .image import load_image
+        from ..io.image import load_image
 
         clean = np.asarray(load_image(item.mask).convert("L")) > 127
         framed = clean
@@ -336,7 +336,7 @@ def describe(editor, image: Image.Image) -> str:
 
 def _saved_inversion(path: Path, item: Item, editor):
     """The inversion an interrupted run saved for this item, if it matches the item's settings."""
-    from .inversion import Inversion
+    from ..io.inversion_file import Inversion
 
     if not path.is_file():
         return None
@@ -352,10 +352,10 @@ def _saved_inversion(path: Path, item: Item, editor):
 
 def process(editor, item: Item, folder: Path, scorers: Scorers) -> dict:
     """Invert and edit one item, write its files and return its row (failures included)."""
-    from .draw import grid
-    from .edit import Controls, plan
-    from .image import load_image
-    from .prompts import check_prompt
+    from ..io.draw import grid
+    from ..p2p.controls import Controls, plan
+    from ..io.image import load_image
+    from ..core.prompts import check_prompt
 
     started = time.perf_counter()
     row: dict = {"id": item.id, "status": "ok", "error": "", "image": item.image, "source_prompt": item.prompt,

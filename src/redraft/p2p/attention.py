@@ -104,7 +104,7 @@ class AttentionControl:
             raise RuntimeError("no cross-attention was stored")
         if resolution is not None:
             if resolution not in grids:
-                from .errors import InputError
+                from ..errors import InputError
 
                 raise InputError(f"no cross-attention at {resolution}x{resolution}; this model has {sorted(grids)}.")
             return grids[resolution]

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT = "default_"  # the key of the window of all other tokens in a per-word step-window dict
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 K1, K2, L = 0.01, 0.03, 255.0
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -282,7 +282,7 @@ class ClipScore:
 
     @torch.no_grad()
     def __call__(self, image, text: str, mask=None) -> float:
-        from .prompts import check_prompt
+        from ..core.prompts import check_prompt
 
         a = _image(image, "the image")
         if mask is not None:

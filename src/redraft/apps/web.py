@@ -27,13 +27,13 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from .draw import grid  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .files import save_image  # noqa: E402
-from .image import load_image  # noqa: E402
-from .inversion import METHODS, Inversion  # noqa: E402
-from .loading import BUILTIN  # noqa: E402
-from .metrics import psnr  # noqa: E402
+from ..io.draw import grid  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from ..io.files import save_image  # noqa: E402
+from ..io.image import load_image  # noqa: E402
+from ..io.inversion_file import METHODS, Inversion  # noqa: E402
+from ..io.loading import BUILTIN  # noqa: E402
+from ..eval.metrics import psnr  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def stacked(pictures: list[Image.Image]) -> Image.Image:
 
 def examples(n: int = 4) -> list[tuple[Image.Image, str]]:
     """Held-out shapes scenes (never seen in training) and their prompts."""
-    from .shapes import world
+    from ..shapes import world
 
     return [(world.render(s), s.prompt()) for s in world.scenes(0, n, split="test")]
 

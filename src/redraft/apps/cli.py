@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import InputError
+from ..errors import InputError
 
 METHOD = click.Choice(["ddim", "null-text", "negative-prompt"])
 
@@ -39,7 +39,7 @@ def main(ctx, model, device, describer):
 
 
 def editor_from(ctx):
-    from . import load
+    from .. import load
 
     return load(ctx.obj["model"], device=ctx.obj["device"], describer=ctx.obj.get("describer"))
 
@@ -61,8 +61,8 @@ def editor_from(ctx):
 @friendly
 def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, output, force):
     """Invert IMAGE: save the trajectory that regenerates it."""
-    from .files import refuse_overwrite
-    from .image import load_image
+    from ..io.files import refuse_overwrite
+    from ..io.image import load_image
 
     refuse_overwrite(output, force)
     load_image(image)  # fail on a bad image before loading the model
@@ -85,9 +85,9 @@ def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, 
 @friendly
 def reconstruct(ctx, inversion, output, force):
     """Regenerate the image of a saved INVERSION."""
-    from .files import refuse_overwrite, save_image
-    from .inversion import Inversion
-    from .metrics import psnr
+    from ..io.files import refuse_overwrite, save_image
+    from ..io.inversion_file import Inversion
+    from ..eval.metrics import psnr
 
     refuse_overwrite(output, force)
     inv = Inversion.load(inversion)
@@ -135,7 +135,7 @@ def edit_options(fn):
 def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt: bool = True) -> bool:
     """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt (unless it can be
     described: `needs_prompt=False`); checked before loading a model."""
-    from .image import load_image
+    from ..io.image import load_image
 
     if source.endswith(".safetensors"):
         return True
@@ -163,8 +163,8 @@ def controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolutio
 
 
 def write_edit_outputs(images, prompts, first_caption: list[str], output: str, force: bool) -> None:
-    from .draw import grid
-    from .files import refuse_overwrite, save_image
+    from ..io.draw import grid
+    from ..io.files import refuse_overwrite, save_image
 
     out = Path(output)
     grid_path = out.with_name(out.stem + ".grid.png")
@@ -191,8 +191,8 @@ def edit(ctx, source, prompt, method, steps, direct, skip_steps, targets, kind, 
          cross_steps, self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, renoise_step,
          renoise_strength, output, force):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
-    from .files import refuse_overwrite
-    from .inversion import Inversion
+    from ..io.files import refuse_overwrite
+    from ..io.inversion_file import Inversion
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
@@ -223,7 +223,7 @@ def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exc
              self_steps, self_resolution, layout_guidance, layout_steps, feature_steps, renoise_step, renoise_strength,
              output, force):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
-    from .files import refuse_overwrite
+    from ..io.files import refuse_overwrite
 
     refuse_overwrite(output, force)
     controls = controls_from(kind, blend, reweight, cross_steps, self_steps, self_resolution, layout_guidance,
@@ -244,8 +244,8 @@ def generate(ctx, prompt, seed, steps, guidance, targets, kind, blend, blend_exc
 @friendly
 def attention(ctx, source, prompt, resolution, steps, output, force):
     """Per-word cross-attention heat maps over an image (or a saved inversion)."""
-    from .files import refuse_overwrite, save_image
-    from .inversion import Inversion
+    from ..io.files import refuse_overwrite, save_image
+    from ..io.inversion_file import Inversion
 
     refuse_overwrite(output, force)
     is_inversion = is_saved_inversion(source, prompt, "drawing attention maps")
@@ -265,7 +265,7 @@ def bench(ctx, out_dir):
     describe, run small, in one summary table."""
     if ctx.invoked_subcommand is not None:
         return
-    from .bench import summary
+    from ..bench import summary
 
     result = summary.run(editor_from(ctx))
     click.echo(summary.table(result))
@@ -283,7 +283,7 @@ def bench(ctx, out_dir):
 @friendly
 def bench_inversion(ctx, images, count, steps, methods, out_dir):
     """Reconstruction PSNR/SSIM, VAE ceiling, seconds, UNet passes, ratio to the UNet floor, memory."""
-    from .bench import inversion as b
+    from ..bench import inversion as b
 
     labels = methods.split(",") if methods else list(b.METHODS)
     unknown = [m for m in labels if m not in b.METHODS]
@@ -328,8 +328,8 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
                  layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, guidance, seed, out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
-    from .bench import shapes as b
-    from .shapes.world import BACKGROUND_KINDS
+    from ..bench import shapes as b
+    from ..shapes.world import BACKGROUND_KINDS
 
     controls = dict(self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                     layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
@@ -363,7 +363,7 @@ def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cro
 @friendly
 def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
     """Prompt prediction on held-out shapes: cosine, exact prompt, attributes; the paper's ablation in small."""
-    from .bench import describe as b
+    from ..bench import describe as b
 
     result = b.run(ctx.obj.get("describer"), count, train_size=train_size, epochs=epochs,
                    rows=rows.split(",") if rows else None, work=Path(out_dir) / "describe-runs")
@@ -384,8 +384,8 @@ def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
 @friendly
 def bench_caption(seeds, variants, n_train, n_test, steps, noise, out_dir):
     """Vanilla against enhanced BLIP (a small one, from scratch) on held-out shapes: exact prompt, cosine, attributes."""
-    from .bench import caption as b
-    from .describe.caption import CaptionRecipe
+    from ..bench import caption as b
+    from ..describe.caption import CaptionRecipe
 
     result = b.run(Path(out_dir), [int(s) for s in seeds.split(",")], variants.split(","), n_train=n_train,
                    n_test=n_test, noise=noise, recipe=CaptionRecipe(steps=steps))
@@ -404,7 +404,7 @@ def bench_caption(seeds, variants, n_train, n_test, steps, noise, out_dir):
 def bench_discovery(ctx, count, steps, from_step, out_dir):
     """The paper's discovery: generation accuracy with the model's U-Net encoder and with the fine-tuned
     one of --describer (trained with --backbone unet --finetune)."""
-    from .bench import describe as b
+    from ..bench import describe as b
 
     if not ctx.obj.get("describer"):
         raise InputError("give the describer whose U-Net encoder to try: redraft --describer FOLDER bench discovery")
@@ -425,7 +425,7 @@ def train():
               help="work folder; run again to resume after a stop.")
 def train_shapes_model(out_dir):
     """Train the built-in shapes model from scratch (resumable; 2 to 3 h on 2 CPU cores)."""
-    from .shapes.train import train as run
+    from ..shapes.train import train as run
 
     click.echo(f"model written to {run(out_dir)}")
 
@@ -468,8 +468,8 @@ def train_shapes_model(out_dir):
 def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regression_only, curriculum, warmup_epochs,
                     epochs, batch_size, lr, backbone_lr, weight_decay, seed, train_size, image_size, timestep, context, captioner,
                     vocab_size, workers, keep_checkpoint):
-    """Train a describer (image -> prompt); many GPUs: accelerate launch -m redraft.cli train describer ..."""
-    from .describe.train import TrainOptions, train as run
+    """Train a describer (image -> prompt); many GPUs: accelerate launch -m redraft train describer ..."""
+    from ..describe.train import TrainOptions, train as run
 
     options = TrainOptions(
         data=data, backbone=backbone, model=ctx.obj["model"], finetune=finetune, heads=int(heads), hidden=hidden,
@@ -500,9 +500,9 @@ def train_describer(ctx, data, backbone, out_dir, finetune, heads, hidden, regre
 @friendly
 def train_captioner(data, out_dir, base, variant, warmup, steps, batch_size, lr, bce_weight, stages, seed, scenes):
     """Train a BLIP captioner that writes the prompt of an image (vanilla or enhanced)."""
-    from .describe.caption import CaptionRecipe, train_captioner as run
-    from .describe.data import open_pairs
-    from .describe.embed import SentenceEmbedder
+    from ..describe.caption import CaptionRecipe, train_captioner as run
+    from ..describe.data import open_pairs
+    from ..describe.embed import SentenceEmbedder
 
     recipe = CaptionRecipe(variant=variant, seed=seed, steps=steps, batch_size=batch_size, bce_weight=bce_weight,
                            stages=stages, lr=lr if lr is not None else (1e-5 if base else 2e-3))
@@ -533,10 +533,10 @@ def describe(ctx, images, k, as_json):
     """The prompt behind each image (Reverse Stable Diffusion): text, words, nearest known prompts."""
     import json
 
-    from .image import load_image
+    from ..io.image import load_image
 
-    from .describe.model import Describer, describer_folder
-    from .loading import default_device
+    from ..describe.model import Describer, describer_folder
+    from ..io.loading import default_device
 
     loaded = [load_image(path) for path in images]  # fail on a bad image before loading the model
     describer = Describer.load(describer_folder(ctx.obj["model"], ctx.obj.get("describer")),
@@ -576,10 +576,10 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, cross
           lpips, limit, force):
     """Invert and edit every item of MANIFEST (JSONL, CSV or PIE-Bench's mapping_file.json), with metrics.
 
-    Resumable. Scale out with `accelerate launch --multi_gpu --num_processes N -m redraft.cli batch ...`.
+    Resumable. Scale out with `accelerate launch --multi_gpu --num_processes N -m redraft batch ...`.
     """
     from . import batch as b
-    from .loading import BUILTIN
+    from ..io.loading import BUILTIN
 
     defaults = b.Defaults(method=method, steps=steps, guidance=guidance, direct=direct, cross_steps=cross_steps,
                           self_steps=self_steps)
@@ -611,7 +611,7 @@ def serve(ctx, host, port):
 
     if importlib.util.find_spec("gradio") is None:
         raise InputError("the web app needs Gradio: install it with pip install 'redraft[app]'.")
-    from .app import serve as run
+    from .web import serve as run
 
     run(editor_from(ctx), host=host, port=port)
 

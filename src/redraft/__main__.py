@@ -1,0 +1,5 @@
+"""`python -m redraft ...` is the `redraft` command (e.g. under `accelerate launch -m redraft`)."""
+
+from .apps.cli import main
+
+main()

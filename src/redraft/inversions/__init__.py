@@ -1,0 +1,11 @@
+"""Inversions: the trajectory that regenerates an image, as functions of tensors over one sampling loop.
+
+- `ddim.ddim_inversion`: the pivot trajectory, run backwards with the source prompt (Mokady et al. 2023, sec. 3.1).
+- `null_text.null_text_optimisation`: per-step optimised null embeddings (Mokady et al. 2023, Algorithm 1).
+- Negative-prompt inversion (Miyake et al. 2023) needs no function: its null embedding *is* the source
+  prompt's embedding, so guided sampling at any scale equals conditional sampling, which is what the
+  pivot was built with.
+- Direct Inversion (Ju et al. 2024) is a callback of the edit's sampling loop (`direct.on_pivot`).
+"""
+
+METHODS = ("ddim", "null-text", "negative-prompt")
