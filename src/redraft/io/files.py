@@ -55,11 +55,19 @@ def pyplot():
     return plt
 
 
-def save_image(image, path: str | Path) -> Path:
-    """Save a PIL image atomically (format from the suffix)."""
+def save_image(image, path: str | Path, metadata: dict | None = None) -> Path:
+    """Save a PIL image atomically (format from the suffix). `metadata` (JSON values) goes into a PNG's
+    "redraft" text entry: what made the picture (prompts, controls), so it can be made again."""
     path = Path(path)
+    fmt = _format(path)
+    options = {}
+    if metadata is not None and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = info = PngInfo()
+        info.add_text("redraft", json.dumps(metadata))
     with atomic_path(path) as tmp:
-        image.save(tmp, format=_format(path))
+        image.save(tmp, format=fmt, **options)
     return path
 
 
