@@ -41,6 +41,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def folder_or_hub_id(source: str | Path, missing: str = "folder", hint: str = "") -> Path | str:
+    """Where weights load from: an existing local file or folder (as a Path, `~` expanded), or else a hub
+    id of the form owner/name (as the str, for the hub to fetch: one slash, not starting with ".", "/"
+    or "~"). Anything else is an InputError: "<source>: no such <missing>, and not a hub id ...<hint>"."""
+    path = Path(str(source)).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return text
+    raise InputError(f"{source}: no such {missing}, and not a hub id of the form owner/name{hint}")
+
+
 def check_folder(path: Path) -> None:
     """A diffusers pipeline folder: model_index.json, and safetensors weights for every model in it."""
     if not (path / "model_index.json").is_file():
@@ -70,13 +83,12 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
         raise InputError(
             f"{source} is a single-file checkpoint; redraft loads diffusers pipeline folders. Convert it once with "
             f"StableDiffusionPipeline.from_single_file(...).save_pretrained(folder).")
-    if Path(str(source)).exists():
-        check_folder(Path(str(source)))
-    elif "/" not in str(source) or str(source).startswith((".", "/", "~")):
-        raise InputError(f"{source}: no such folder, and not a hub id of the form owner/name.")
+    where = folder_or_hub_id(source, hint=".")
+    if isinstance(where, Path):
+        check_folder(where)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(source), dtype=dtype, use_safetensors=True,
+            str(where), dtype=dtype, use_safetensors=True,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     except OSError as e:
         raise InputError(f"could not load {source}: {e}") from None
