@@ -1,13 +1,16 @@
 """Training checkpoints: modules, optimizer state and progress in one safetensors file, written atomically.
 
-Used by every trainer here (the shapes model, the captioner), so that a run stopped at any point resumes
-where its last checkpoint was. No pickle: the optimizer's tensors are tensors, the rest is JSON metadata.
+Used by every trainer here (the shapes model, the captioner, the describer), so that a run stopped at any
+point resumes where its last checkpoint was. No pickle: the optimizer's tensors are tensors, the rest is
+JSON metadata. `Checkpointer` is when they save: at the steps a trainer forces, every so many steps, and
+every few minutes of wall time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -59,3 +62,32 @@ def checkpoint_log(path: Path) -> dict:
     """The log stored in a checkpoint, without loading its tensors."""
     with safe_open(str(path), "pt") as f:
         return json.loads(f.metadata()["log"])
+
+
+class Checkpointer:
+    """When a trainer writes its checkpoint `path`: at the steps it forces (the end of the run, of an
+    epoch, of a cycle), every `every` steps, and once `minutes` of wall time have passed since the last
+    save (or since this was made), so that a stop costs minutes, not hours. None turns a rule off."""
+
+    def __init__(self, path: Path, minutes: float | None = None, every: int | None = None):
+        self.path, self.every = Path(path), every
+        self.seconds = None if minutes is None else minutes * 60
+        self.last = time.time()
+
+    def due(self, step: int, force: bool = False) -> bool:
+        """Whether to save after `step` (call `saved` once saved)."""
+        return (force or (self.every is not None and step % self.every == 0)
+                or (self.seconds is not None and time.time() - self.last > self.seconds))
+
+    def saved(self) -> None:
+        """Restart the wall-time clock: a checkpoint was just written."""
+        self.last = time.time()
+
+    def maybe(self, force: bool, modules: dict[str, torch.nn.Module], optimizer, step: int, log: dict,
+              extra: dict[str, torch.Tensor] | None = None) -> bool:
+        """`save_checkpoint` to `path` when `due(step, force)`; True when it saved."""
+        if not self.due(step, force):
+            return False
+        save_checkpoint(self.path, modules, optimizer, step, log, extra)
+        self.saved()
+        return True
