@@ -21,6 +21,7 @@ from redraft.eval import metrics
 from redraft.apps.cli import main
 from redraft.errors import InputError
 from redraft.io.inversion_file import Inversion
+from redraft.p2p.controls import Controls
 
 
 def _pictures(folder: Path, n: int, size: int = 16) -> list[str]:
@@ -59,17 +60,16 @@ def test_csv_manifest_fields_and_defaults(tmp_path):
         "0.05,0.7,0.6,0.9\n"
         "im0.png,,a photo of a dog,,,,,,,,,,,,\n"
         "im0.png,a cat,a dog,,,,x,,,,,,,,\n")
-    items = B.read_manifest(tmp_path / "items.csv", B.Defaults(steps=7, self_steps=0.3))
+    items = B.read_manifest(tmp_path / "items.csv", B.Defaults(steps=7, controls={"self_replace_steps": 0.3}))
     first, second, third = items
     assert [i.id for i in items] == ["00001", "00002", "00003"]
     assert first.image == str(tmp_path / "im0.png")
     assert first.targets == ["a photo of a dog", "a photo of a red cat"]
     assert (first.steps, first.method, first.direct) == (5, "ddim", True)
-    assert first.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=["photo"],
-                                  reweight={"red": 2.0, "dog": -1.0},
-                                  cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
-                                  layout_guidance=0.05, layout_guidance_steps=0.5, feature_replace_steps=0.7,
-                                  renoise_step=0.6, renoise_strength=0.9)
+    assert first.controls == Controls(blend=["cat", "dog"], blend_exclude=["photo"], reweight={"red": 2.0, "dog": -1.0},
+                                      cross_replace_steps=0.5, self_replace_steps=0.3, self_max_resolution=16,
+                                      layout_guidance=0.05, feature_replace_steps=0.7, renoise_step=0.6,
+                                      renoise_strength=0.9).to_json()
     assert second.prompt is None and second.steps == 7 and second.method == "negative-prompt"
     assert second.controls["cross_replace_steps"] == 0.8 and second.error is None
     assert second.controls["self_max_resolution"] is None and second.controls["layout_guidance"] == 0.0
@@ -102,13 +102,10 @@ def test_pie_bench_mapping_file(tmp_path):
         "000000000001", "a cat sitting on the grass", ["a dog sitting on the grass"], "1")
     assert cat.image == str(tmp_path / "annotation_images" / "0_random" / "1.jpg")
     # PIE-Bench's Prompt-to-Prompt settings: 0.4 / 0.6, blend the two words, the target word x 2
-    assert cat.controls == dict(kind=None, blend=["cat", "dog"], blend_exclude=[], reweight={"dog": 2.0},
-                                cross_replace_steps=0.4,
-                                self_replace_steps=0.6, self_max_resolution=None, layout_guidance=0.0,
-                                layout_guidance_steps=0.5, feature_replace_steps=0.0, renoise_step=None,
-                                renoise_strength=1.0)
+    assert cat.controls == Controls(blend=["cat", "dog"], reweight={"dog": 2.0}, cross_replace_steps=0.4,
+                                    self_replace_steps=0.6).to_json()
     assert house.controls["blend"] == [] and house.controls["reweight"] == {} and house.mask == []
-    other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(cross_steps=0.7), images=tmp_path / "imgs")
+    other = B.read_manifest(tmp_path / "mapping_file.json", B.Defaults(controls={"cross_replace_steps": 0.7}), images=tmp_path / "imgs")
     assert other[0].controls["cross_replace_steps"] == 0.7 and other[0].image == str(tmp_path / "imgs/0_random/1.jpg")
 
 
@@ -139,7 +136,6 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     ]
     manifest = _jsonl(tmp_path / "items.jsonl", records)
     out = tmp_path / "out"
-    monkeypatch.delattr(redraft.Editor, "describe", raising=False)
     r = _batch(tiny_folder, str(manifest), "-o", str(out), "--lpips", str(tmp_path / "no-lpips.safetensors"))
     assert r.exit_code == 0, r.output
     assert "1 ok, 5 failed of 6 items" in r.output
@@ -151,7 +147,7 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     assert "source prompt has" in errors["long-source"] and "tokens" in errors["long-source"]
     assert "target prompt has" in errors["long-target"]
     assert "words" in errors["bad-kind"]
-    assert "Editor.describe" in errors["no-prompt"] and "'prompt'" in errors["no-prompt"]
+    assert "has no describer" in errors["no-prompt"] and "give the source prompt" in errors["no-prompt"]
     assert all(rows[k]["status"] == "failed" for k in errors if k != "good")
     # a failure writes no outputs; in particular no inversion was run for a bad target
     assert not (out / "items" / "long-target" / "inversion.safetensors").exists()

@@ -8,7 +8,9 @@ import torch
 
 from redraft import InputError
 from redraft.p2p.attention import ControlProcessor
-from redraft.p2p.controls import Controls, skipped_steps
+from redraft.p2p.blend import LocalBlend
+from redraft.p2p.controls import Controls
+from redraft.p2p.plan import skipped_steps
 
 PROMPT = "a photo of a cat"
 STEPS = 10
@@ -37,9 +39,9 @@ def test_local_blend_keeps_latents_outside_the_mask(editor):
     prompts = [PROMPT, "a photo of a dog", "a photo of a lion"]
     x_T = editor.initial_noise(5).expand(3, -1, -1, -1)
     cond, uncond = editor.embed(prompts), editor.embed([""] * 3)
-    z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=["cat", "dog", "lion"], blend_threshold=0.9), None,
-                    False, "test")
-    mask = editor.last_blend.mask  # [3, 1, h, w]; random maps are flat: a high threshold makes a region
+    result = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule,
+                         Controls(blend=["cat", "dog", "lion"], blend_threshold=0.9), None, False, "test")
+    z, mask = result.latents, result.blend_mask  # [3, 1, h, w]; random maps are flat: a high threshold makes a region
     assert mask.shape[0] == 3 and 0 < mask[1].float().mean() < 1  # a real region, for every target
     outside = ~mask.expand_as(z)
     assert torch.equal(z[1:][outside[1:]], z[:1].expand_as(z)[1:][outside[1:]])
@@ -53,9 +55,9 @@ def test_local_blend_exclude_takes_a_region_out_of_the_mask(editor):
     cond, uncond = editor.embed(prompts), editor.embed([""] * 2)
 
     def blended(blend=("cat", "dog"), **controls):
-        z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=blend, **controls),
-                        None, False, "test")
-        return z, editor.last_blend.mask
+        result = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, Controls(blend=blend, **controls),
+                             None, False, "test")
+        return result.latents, result.blend_mask
 
     _, whole = blended(blend_threshold=0.9)  # random maps are flat: a high threshold makes regions
     z, mask = blended(blend_threshold=0.9, blend_exclude=["photo"])
@@ -78,12 +80,13 @@ def test_local_blend_stops_at_blend_stop(editor):
     prompts = [PROMPT, "a photo of a dog"]
     x_T = editor.initial_noise(5).expand(2, -1, -1, -1)
     cond, uncond = editor.embed(prompts), editor.embed([""] * 2)
-    z = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule,
-                    Controls(blend=["cat", "dog"], blend_threshold=0.9, blend_stop=0.5), None, False, "test")
-    blend = editor.last_blend
+    controls = Controls(blend=["cat", "dog"], blend_threshold=0.9, blend_stop=0.5)
+    result = editor._p2p(prompts, x_T, cond, uncond, 7.5, schedule, controls, None, False, "test")
+    z = result.latents
+    blend = LocalBlend.from_controls(editor.pipeline.tokenizer, prompts, controls, result.attention, STEPS)
     assert (blend.start, blend.stop) == (2, 5)
     assert blend(4, z) is not None and blend(5, z) is None and blend(STEPS - 1, z) is None
-    outside = ~blend.mask.expand_as(z)
+    outside = ~result.blend_mask.expand_as(z)
     assert 0 < outside[1].float().mean() and not torch.equal(z[1][outside[1]], z[0][outside[1]])
     with pytest.raises(InputError, match="blend_stop"):
         editor.edit(editor.invert(editor.decode(z[:1])[0], PROMPT, method="ddim", steps=STEPS, progress=False),
@@ -125,7 +128,6 @@ def test_processors_are_restored(editor):
 def test_attention_maps_shapes_normalisation_and_word_merge(editor, image):
     inv = editor.invert(image, "a photo of a lion", method="negative-prompt", steps=STEPS, progress=False)
     maps = editor.attention_maps(inv, progress=False)
-    control = editor.last_attention if editor.last_attention is not None else None
     assert maps.words == ["a", "photo", "of", "a", "lion"]
     assert maps.maps.shape == (5, 8, 8)
     from redraft.p2p.attention import AttentionControl, controlled
@@ -160,7 +162,7 @@ def test_edit_errors(editor, image):
 
 def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor):
     """P2P's rule: self-attention layers of at most half the latent's side; `self_max_resolution` moves it."""
-    from redraft.p2p.controls import plan
+    from redraft.p2p.plan import plan
 
     prompts = [PROMPT, "a photo of a dog"]
     assert plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
@@ -170,7 +172,7 @@ def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor
 def test_layout_guidance_step_lowers_its_loss_and_leaves_the_source(editor):
     """One guidance step moves the edit's latent downhill on L (own maps vs the source's mapped maps)."""
     from redraft.p2p.attention import AttentionControl, controlled
-    from redraft.p2p.controls import plan
+    from redraft.p2p.plan import plan
     from redraft.p2p.layout import layout_guidance
 
     prompts = [PROMPT, "a photo of a dog"]

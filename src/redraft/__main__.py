@@ -2,4 +2,4 @@
 
 from .apps.cli import main
 
-main()
+main(prog_name="redraft")

@@ -1,6 +1,7 @@
 """Old module paths (before the package was laid out as core / inversions / p2p / io / eval / apps),
 kept importable for one release with a DeprecationWarning. `import redraft.edit` gives the very
-module `redraft.p2p.controls` (so patching either name patches both)."""
+module `redraft.p2p.controls` (so patching either name patches both); an old module whose parts now
+live in several modules is a new module holding their public names."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 MOVED = {
     "redraft.ddim": "redraft.core.ddim",
     "redraft.sampling": "redraft.core.sampling",
     "redraft.prompts": "redraft.core.prompts",
-    "redraft.invert": "redraft.inversions.null_text",
+    "redraft.invert": ("redraft.inversions.ddim", "redraft.inversions.null_text"),
     "redraft.words": "redraft.p2p.tokens",
-    "redraft.edit": "redraft.p2p.controls",
+    "redraft.edit": ("redraft.p2p.controls", "redraft.p2p.plan", "redraft.p2p.blend", "redraft.p2p.renoise"),
     "redraft.attention": "redraft.p2p.attention",
     "redraft.guidance": "redraft.p2p.layout",
     "redraft.features": "redraft.p2p.features",
@@ -24,13 +26,13 @@ MOVED = {
     "redraft.files": "redraft.io.files",
     "redraft.checkpoints": "redraft.io.checkpoints",
     "redraft.loading": "redraft.io.loading",
-    "redraft.inversion": "redraft.io.inversion_file",
+    "redraft.inversion": ("redraft.io.inversion_file", "redraft.inversions"),
     "redraft.draw": "redraft.io.draw",
     "redraft.metrics": "redraft.eval.metrics",
     "redraft.cli": "redraft.apps.cli",
     "redraft.batch": "redraft.apps.batch",
     "redraft.app": "redraft.apps.web",
-    "redraft.demo": "redraft.apps.demo",
+    "redraft.demo": ("redraft.apps.demo", "redraft.shapes.editing"),
 }
 
 
@@ -42,18 +44,31 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = MOVED[spec.name]
-        warnings.warn(f"{spec.name} moved to {new}; the old name goes in the next release.",
+        names = (new,) if isinstance(new, str) else new
+        warnings.warn(f"{spec.name} moved to {' and '.join(names)}; the old name goes in the next release.",
                       DeprecationWarning, stacklevel=2)
-        module = importlib.import_module(new)
-        self._spec = module.__spec__  # the import machinery sets __spec__ to the old name's: put it back
-        return module
+        modules = [importlib.import_module(n) for n in names]
+        if len(modules) == 1:
+            self._spec = modules[0].__spec__  # the import machinery sets __spec__ to the old name's: put it back
+            return modules[0]
+        merged = types.ModuleType(spec.name, f"Moved to {', '.join(names)}.")
+        for module in reversed(modules):
+            merged.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+        self._spec = None
+        return merged
 
     def exec_module(self, module):
-        module.__spec__ = self._spec
+        if self._spec is not None:
+            module.__spec__ = self._spec
 
     def get_code(self, name):  # `python -m redraft.cli` runs the new module's code
         new = MOVED[name]
-        return importlib.util.find_spec(new).loader.get_code(new)
+        new = new if isinstance(new, str) else new[0]
+        spec = importlib.util.find_spec(new)
+        if spec.submodule_search_locations is not None:  # a package: run its __main__
+            new += ".__main__"
+            spec = importlib.util.find_spec(new)
+        return spec.loader.get_code(new)
 
 
 def install() -> None:

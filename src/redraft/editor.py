@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -12,24 +11,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inversions import METHODS
-from .inversions.ddim import ddim_inversion
-from .inversions.null_text import null_text_optimisation
-from .p2p import tokens as W
-from .p2p.attention import AttentionControl, controlled
-from .p2p.blend import LocalBlend
-from .p2p.controls import Controls, plan, skipped_steps
-from .p2p.renoise import Renoise
 from .core.ddim import Schedule
+from .core.prompts import check_prompt, encode_prompts
+from .core.sampling import CountedUNet, denoise
 from .describe.model import Description
 from .errors import InputError
-from .p2p.features import injected
-from .p2p.layout import layout_guidance
+from .inversions import METHODS
+from .inversions.ddim import ddim_inversion
+from .inversions.direct import on_pivot
+from .inversions.null_text import null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
 from .io.loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
-from .core.prompts import check_prompt, encode_prompts
-from .core.sampling import CountedUNet, denoise
+from .p2p import tokens as W
+from .p2p.attention import AttentionControl, controlled
+from .p2p.blend import LocalBlend
+from .p2p.controls import Controls
+from .p2p.features import injected
+from .p2p.layout import layout_guidance
+from .p2p.plan import plan, skipped_steps
+from .p2p.renoise import Renoise
+from .results import EditResult, WordMaps
 
 
 def load(model: str | None = None, *, device: str | torch.device | None = None,
@@ -49,7 +51,7 @@ def load(model: str | None = None, *, device: str | torch.device | None = None,
 
 
 class Editor:
-    """Inverts, reconstructs and (with `redraft.edit`) edits images with one Stable Diffusion pipeline."""
+    """Describes, inverts, reconstructs and edits images with one Stable Diffusion pipeline."""
 
     def __init__(self, pipeline, model_id: str, describer: str | Path | None = None,
                  guidance_scale: float = DEFAULT_GUIDANCE):
@@ -60,8 +62,6 @@ class Editor:
         self._describer = None  # loaded on first use
         self.fingerprint = fingerprint(pipeline)
         self.unet = CountedUNet(pipeline.unet)
-        self.last_attention: AttentionControl | None = None  # maps of the last generate() or edit()
-        self.last_blend: LocalBlend | None = None
 
     # ------------------------------------------------------------------ building blocks
 
@@ -214,36 +214,36 @@ class Editor:
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
-                 **controls) -> list[Image.Image]:
+                 controls: Controls | None = None, **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
-        Prompt 0 is the source, the others are Prompt-to-Prompt edits of it (`controls`: see
-        `redraft.edit.Controls`). Returns one image per prompt. `guidance_scale`: None is the editor's.
+        Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
+        None: the paper's), with `overrides` set field by field (`cross_replace_steps=0.6`, ...).
+        Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's.
         """
+        controls = Controls.make(controls, **overrides)
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        schedule = self.schedule(steps)
-        cond = self.embed(prompts)
-        uncond = self.embed([negative_prompt] * len(prompts))
-        controls = Controls(**controls)
         if controls.skip_steps:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
                              "(invert an image and edit it, or leave skip_steps at 0).")
+        schedule = self.schedule(steps)
+        cond = self.embed(prompts)
+        uncond = self.embed([negative_prompt] * len(prompts))
         x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
-        z = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None,
-                      progress, "generation")
-        return self.decode(z)
+        return self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
+                         "generation")
 
     def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
-             progress: bool = True, **controls) -> list[Image.Image]:
-        """Edit an inverted image by editing its prompt: returns [source branch, edit 1, ...].
+             progress: bool = True, controls: Controls | None = None, **overrides) -> EditResult:
+        """Edit an inverted image by editing its prompt: an `EditResult` [source branch, edit 1, ...].
 
-        All branches start from the inversion's x_T and use its per-step unconditional embeddings
-        (null-text: the optimised ones; negative-prompt: the source prompt's). The source branch
-        reproduces `reconstruct(inversion)`. `direct=True` is Direct Inversion (Ju et al. 2024): the
-        source branch is put back on the saved pivot after every step (adding the offset
-        z*_{i+1} - step(z_i)), with no optimisation.
+        All branches start from the inversion's x_T (or its pivot at `skip_steps`) and use its per-step
+        unconditional embeddings (null-text: the optimised ones; negative-prompt: the source prompt's).
+        The source branch reproduces `reconstruct(inversion)`. `controls` (None: the paper's) with
+        `overrides` set field by field. `direct=True` is Direct Inversion (`inversions.direct`).
         """
+        controls = Controls.make(controls, **overrides)
         inversion.check_compatible(self.fingerprint, self.model_id)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
@@ -255,19 +255,11 @@ class Editor:
         b = len(prompts)
         cond = torch.cat([inversion.prompt_embedding[None].to(self.device), self.embed(targets)])
         uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
-        controls = Controls(**controls)
         start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
-
-        def on_pivot(i: int, z: torch.Tensor) -> torch.Tensor:
-            z = z.clone()
-            z[0] = pivots[i + 1]
-            return z
-
-        z = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
-                      on_pivot if direct else None, progress, "editing", start=start)
-        return self.decode(z)
+        return self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
+                         on_pivot(pivots) if direct else None, progress, "editing", start=start)
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
                        steps: int = 50, progress: bool = True) -> WordMaps:
@@ -285,49 +277,62 @@ class Editor:
             self.replay([inversion], progress=progress)
         return self.word_maps(control, inversion.prompt, Image.fromarray(inversion.image), resolution)
 
-    def word_maps(self, control: AttentionControl, prompt: str, image: Image.Image, resolution: int | None = None,
-                  row: int = 0) -> WordMaps:
-        """Merge the stored token maps of prompt `row` into one map per word."""
-        from .p2p.tokens import word_tokens
-
-        maps = control.cross_maps(resolution)[row]  # [h, w, L]
-        pieces = word_tokens(self.pipeline.tokenizer, prompt)
+    def word_maps(self, source: EditResult | AttentionControl, prompt: str | None = None,
+                  image: Image.Image | None = None, resolution: int | None = None, row: int = 0) -> WordMaps:
+        """One map per word of prompt `row`, from an `EditResult` (its prompt and image by default) or
+        an attention store."""
+        if isinstance(source, EditResult):
+            prompt = source.prompts[row] if prompt is None else prompt
+            image = source.images[row] if image is None else image
+            source = source.attention
+        maps = source.cross_maps(resolution)[row]  # [h, w, L]
+        pieces = W.word_tokens(self.pipeline.tokenizer, prompt)
         per_word = torch.stack([maps[..., p].mean(-1) for p in pieces]).cpu().numpy()
         return WordMaps(prompt.split(), per_word, image, resolution)
 
-    def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, first_callback,
-             progress: bool, desc: str, start: int = 0) -> torch.Tensor:
-        """The sampling loop with attention control, from `z_start` at step `start` (stored maps in
-        `self.last_attention`)."""
+    @contextmanager
+    def using_unet(self, unet: CountedUNet):
+        """Within the block, every sampling loop of this editor calls `unet` (e.g. a UNet whose encoder
+        is swapped: `describe.discovery`); the attention processors installed on it stay."""
+        saved, self.unet = self.unet, unet
+        unet.controller = saved.controller
+        try:
+            yield self
+        finally:
+            self.unet = saved
+
+    def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, reset,
+             progress: bool, desc: str, start: int = 0) -> EditResult:
+        """The one sampling loop with attention control, from `z_start` at step `start`; `reset(i, z)` is
+        Direct Inversion's callback (or None)."""
+        started = time.perf_counter()
+        self.unet.reset()
+        tokenizer, steps = self.pipeline.tokenizer, schedule.steps
+        editing = len(prompts) > 1
         latent_hw = tuple(z_start.shape[-2:])
-        edit_plan = plan(self.pipeline.tokenizer, prompts, controls, schedule.steps, latent_hw) \
-            if len(prompts) > 1 else None
-        control = AttentionControl(latent_hw, plan=edit_plan)
-        blend = LocalBlend(self.pipeline.tokenizer, prompts, controls.blend, control, schedule.steps,
-                           controls.blend_threshold, controls.blend_start, controls.blend_resolution,
-                           controls.blend_exclude, controls.blend_stop) if controls.blend or controls.blend_exclude else None
-        guide = layout_guidance(self.unet, control, self.pipeline.tokenizer, prompts, cond, controls.layout_guidance,
-                                controls.layout_guidance_steps, schedule.steps) \
-            if edit_plan is not None and controls.layout_guidance else None
+        control = AttentionControl(latent_hw, plan=plan(tokenizer, prompts, controls, steps, latent_hw) if editing else None)
+        blend = LocalBlend.from_controls(tokenizer, prompts, controls, control, steps)
+        guide = layout_guidance(self.unet, control, tokenizer, prompts, cond, controls.layout_guidance,
+                                controls.layout_guidance_steps, steps) if editing and controls.layout_guidance else None
+        renoise = Renoise(controls.renoise_step, steps, controls.renoise_strength, controls.renoise_seed, start) \
+            if editing and controls.renoise_step is not None else None
+        features = W.step_window(controls.feature_replace_steps, steps) \
+            if editing and controls.feature_replace_steps else None
+        callbacks = [fn for fn in (reset, blend) if fn is not None]
 
         def callback(i: int, z: torch.Tensor):
-            for fn in (first_callback, blend):
-                if fn is not None:
-                    replaced = fn(i, z)
-                    z = z if replaced is None else replaced
+            for fn in callbacks:
+                replaced = fn(i, z)
+                z = z if replaced is None else replaced
             return z
-
-        features = W.step_window(controls.feature_replace_steps, schedule.steps) \
-            if edit_plan is not None and controls.feature_replace_steps else None
-        renoise = Renoise(controls.renoise_step, schedule.steps, controls.renoise_strength, controls.renoise_seed,
-                          start) if edit_plan is not None and controls.renoise_step is not None else None
 
         with controlled(self.unet, control), \
                 injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
             z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
                         noise=renoise, start=start, progress=progress, desc=desc)
-        self.last_attention, self.last_blend = control, blend
-        return z
+        images = self.decode(z)
+        return EditResult(images, list(prompts), controls, control, z, blend.mask if blend is not None else None,
+                          self.unet.forward, self.unet.backward, time.perf_counter() - started)
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""
@@ -335,21 +340,6 @@ class Editor:
         f = self.pipeline.vae_scale_factor
         shape = (1, self.pipeline.unet.config.in_channels, h // f, w // f)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-
-
-@dataclass
-class WordMaps:
-    """Per-word cross-attention over an image: maps[k] is word k's map (its tokens averaged), [h, w]."""
-
-    words: list[str]
-    maps: np.ndarray
-    image: Image.Image
-    resolution: int | None
-
-    def draw(self, cell: int = 256) -> Image.Image:
-        from .io.draw import word_maps
-
-        return word_maps(self.image, self.words, self.maps, cell=cell)
 
 
 def per_step_nulls(inversion: Inversion) -> torch.Tensor:

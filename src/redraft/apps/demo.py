@@ -1,7 +1,8 @@
 """`redraft demo`: the whole job on the built-in shapes model, where the truth of every edit is known.
 
 A held-out scene (never seen in training) is described, inverted (null-text) and reconstructed, then
-edited five ways from Direct Inversion with the controls that edit the shapes model best (`editing`);
+edited five ways from Direct Inversion with the controls that edit the shapes model best
+(`shapes.editing.editing`);
 every result is read back from its pixels and checked against the truth of the edit.
 """
 
@@ -20,27 +21,7 @@ from ..io.draw import grid
 from ..io.files import save_image, write_json
 from ..eval.metrics import psnr
 from ..shapes import world
-
-# The best measured editing of the built-in model (docs/shapes-model.md, `redraft bench shapes --methods direct`):
-# Direct Inversion, self-attention injected for 70% of the steps in every layer (16 x 16 too), layout guidance,
-# cross-attention for 40% of the steps, not P2P's 80%, and the source's decoder features for 70% (Plug-and-Play),
-# chosen on validation scenes (`redraft bench shapes --seed 11`, docs/experiments/swap_controls.py).
-EDITING = dict(direct=True, self_replace_steps=0.7, self_max_resolution=16, layout_guidance=0.05,
-               cross_replace_steps=0.4, feature_replace_steps=0.7)
-# A new background changes the whole picture's structure, which the injected features would keep: those edits go without.
-# A new size changes the object's outline, which every injection keeps: those edits end all injections at 60% of
-# the steps and there take one step whose noise is 90% fresh (`edit.Renoise`); the object then keeps its place.
-SIZE_RENOISE_STEP = 0.6  # where every injection window of a size edit ends, and its re-noised step is
-EDITING_BY_KIND = {kind: dict(feature_replace_steps=0.0) for kind in world.BACKGROUND_KINDS} | {
-    kind: dict(renoise_step=SIZE_RENOISE_STEP, renoise_strength=0.9, **{window: SIZE_RENOISE_STEP for window in (
-        "self_replace_steps", "cross_replace_steps", "feature_replace_steps", "layout_guidance_steps")})
-    for kind in world.SIZE_KINDS}
-
-
-def editing(kind: str) -> dict:
-    """The demo's controls for an edit of `kind` (`world.EDIT_KINDS`)."""
-    return {**EDITING, **EDITING_BY_KIND.get(kind, {})}
-
+from ..shapes.editing import EDITING, EDITING_BY_KIND, editing
 
 def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
     """Attributes read back from the pixels, and whether each matches the truth: the benchmark's test
@@ -108,9 +89,9 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
         edited |= dict(zip(targets, editor.edit(pivots, targets, **dict(controls))[1:]))
     results = [((label, target, truth), edited[target]) for _, label, target, truth in edits]
     # Re-weighting: the colour word weakened; the truth is the source scene (the colour must survive).
-    weak = editor.edit(pivots, source_prompt, reweight={scene.color: 0.5}, **editing("reweight"))[1]
-    results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene), weak))
-    maps = editor.word_maps(editor.last_attention, source_prompt, image)
+    weak = editor.edit(pivots, source_prompt, reweight={scene.color: 0.5}, **editing("reweight"))
+    results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene), weak[1]))
+    maps = editor.word_maps(weak, image=image)  # the source's maps (row 0) over the input
     for (label, target, truth), im in results:
         summary["edits"].append({"edit": label} | check(im, truth, target))
         print(f"  {label:<16} {target:<45} {'right' if summary['edits'][-1]['all_correct'] else 'WRONG'}")

@@ -31,9 +31,11 @@ from ..io.draw import grid  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from ..io.files import save_image  # noqa: E402
 from ..io.image import load_image  # noqa: E402
-from ..io.inversion_file import METHODS, Inversion  # noqa: E402
+from ..inversions import METHODS  # noqa: E402
+from ..io.inversion_file import Inversion  # noqa: E402
 from ..io.loading import BUILTIN  # noqa: E402
 from ..eval.metrics import psnr  # noqa: E402
+from ..p2p.controls import Controls, to_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,6 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what an upload may be
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused before it is decoded
 MAX_UPLOAD = "100mb"  # any one uploaded file (a 50-step SD inversion is about 16 MB)
 KEPT_INVERSIONS = 3  # per browser session
-RENOISE_STRENGTH = 0.9  # the share of fresh noise in the re-noised step: the demo's, for size edits (redraft.demo)
-KINDS = [("auto (chosen from the prompts)", "auto"), ("swap words (replace)", "replace"),
-         ("refine (words added or removed)", "refine"), ("re-weight only", "reweight")]
-NO_DESCRIBE = ("Describing images is not in this version of redraft yet: type the source prompt "
-               "(what the image shows) yourself.")
 
 
 def shown(fn):
@@ -86,11 +83,6 @@ def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return load_image(path)
 
 
-def words_of(text: str) -> list[str]:
-    """'red, blue  square' -> ['red', 'blue', 'square']."""
-    return [w for w in re.split(r"[,\s]+", text or "") if w]
-
-
 def stacked(pictures: list[Image.Image]) -> Image.Image:
     """Pictures one under the other, on white, left-aligned."""
     canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
@@ -106,6 +98,32 @@ def examples(n: int = 4) -> list[tuple[Image.Image, str]]:
     from ..shapes import world
 
     return [(world.render(s), s.prompt()) for s in world.scenes(0, n, split="test")]
+
+
+def control_inputs(start: Controls) -> dict[str, gr.components.Component]:
+    """One input per control of the `Controls` schema, in its order, starting at `start`'s values:
+    bounded numbers are sliders, other numbers boxes (empty: unset), the kind a menu, the rest text in
+    the schema's forms (`p2p.controls.parse`)."""
+    boxes = {}
+    for name, spec, _ in Controls.fields():
+        value, label, elem_id = getattr(start, name), f"{name}: {spec.help}", f"control-{spec.flag}"
+        if spec.type == "choice":
+            boxes[name] = gr.Dropdown([("auto (chosen from the prompts)", "auto"), *((c, c) for c in spec.choices)],
+                                      value=value or "auto", label=label, elem_id=elem_id)
+        elif spec.type == "number" and not spec.optional and spec.range and spec.range[1] is not None:
+            boxes[name] = gr.Slider(spec.range[0], spec.range[1] - (0.01 if spec.high_open else 0), value=value,
+                                    step=0.01, label=label, elem_id=elem_id)
+        elif spec.type in ("number", "integer"):
+            boxes[name] = gr.Number(value=value, precision=0 if spec.type == "integer" else None, label=label,
+                                    elem_id=elem_id)
+        else:
+            boxes[name] = gr.Textbox(value=to_text(name, value), label=label, elem_id=elem_id)
+    return boxes
+
+
+def box_value(name: str, value):
+    """A control input's value for `Controls.from_strings`: an emptied box of an optional control is None."""
+    return "none" if value is None and Controls.spec(name).optional else value
 
 
 class App:
@@ -139,8 +157,6 @@ class App:
     def describe(self, image_path: str | None) -> str:
         """The source prompt predicted from the image (`Editor.describe`)."""
         image = self.image(image_path)
-        if not hasattr(self.editor, "describe"):
-            raise gr.Error(NO_DESCRIBE, print_exception=False)
         return self.editor.describe(image).prompt
 
     @shown
@@ -159,13 +175,12 @@ class App:
 
     @shown
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
-             targets: str, kind: str = "auto", blend: str = "", reweight: str = "", factor: float = 2.0,
-             cross_steps: float = 0.8, self_steps: float = 0.4, layout_guidance: float = 0.0,
-             blend_exclude: str = "", feature_steps: float = 0.0, renoise_step: float = 0.0,
-             progress=gr.Progress(track_tqdm=True)):
+             targets: str, controls: dict | None = None, progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
-        Returns (gallery, attention maps, PNG files, inversion file, cache, status).
+        `controls`: {control name or manifest column: value or text} as the page's inputs give them
+        (`control_inputs`); empty ones keep the paper's defaults. Returns (gallery, attention maps,
+        PNG files, inversion file, cache, status).
         """
         image = self.image(image_path)
         prompt = (prompt or "").strip()
@@ -176,12 +191,7 @@ class App:
             raise InputError("write a target prompt: the source prompt with the words you want changed.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
-        controls = dict(kind=None if kind in (None, "auto") else kind, blend=words_of(blend),
-                        blend_exclude=words_of(blend_exclude),
-                        reweight={w: float(factor) for w in words_of(reweight)},
-                        cross_replace_steps=float(cross_steps), self_replace_steps=float(self_steps),
-                        layout_guidance=float(layout_guidance), feature_replace_steps=float(feature_steps),
-                        renoise_step=float(renoise_step) or None, renoise_strength=RENOISE_STRENGTH)
+        chosen = Controls.from_strings(controls or {})
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
         inversion = cache.get(key)
@@ -194,23 +204,26 @@ class App:
             how = f"Reused the session's inversion ({method}, {inversion.steps} steps): no inverting"
         cache = self.remember(cache, key, inversion)
         progress(0.5, desc="editing")
-        images = self.editor.edit(inversion, targets_list, **controls)
-        prompts = [inversion.prompt, *targets_list]
-        maps = stacked([self.editor.word_maps(self.editor.last_attention, p, im, row=b).draw(cell=128)
-                        for b, (p, im) in enumerate(zip(prompts, images))])
+        result = self.editor.edit(inversion, targets_list, controls=chosen)
+        maps = stacked([self.editor.word_maps(result, row=b).draw(cell=128) for b in range(len(result))])
         source = Image.fromarray(inversion.image)
 
         out = Path(tempfile.mkdtemp(prefix="edit-", dir=self.workdir))
+        meta = result.metadata(method=method, steps=inversion.steps, model=self.editor.model_id)
         names = ["input", f"reconstruction-{method}"] + [f"edit-{k}" for k in range(1, len(targets_list) + 1)]
         captions = [f"input: {inversion.prompt}", f"reconstruction ({method})"] + [f"edit: {t}" for t in targets_list]
-        pictures = [source, *images]
-        paths = [str(save_image(im, out / f"{n}.png")) for im, n in zip(pictures, names)]
-        grid_path = str(save_image(grid(pictures, captions), out / "grid.png"))
+        pictures = [source, *result]
+        paths = [str(save_image(im, out / f"{n}.png", metadata=meta if k > 1 else None))
+                 for k, (im, n) in enumerate(zip(pictures, names))]
+        grid_path = str(save_image(grid(pictures, captions), out / "grid.png", metadata=meta))
         maps_path = str(save_image(maps, out / "attention.png"))
+        controls_path = str(chosen.save(out / "controls.json"))
         inversion_path = str(inversion.save(out / f"inversion-{method}-{inversion.steps}.safetensors"))
-        status = f"{how}; reconstruction PSNR {psnr(source, images[0]):.1f} dB against the input."
-        return (list(zip(paths, captions)), maps_path, [*paths, grid_path, maps_path], inversion_path, cache,
-                status)
+        changed = chosen.changed()
+        status = (f"{how}; reconstruction PSNR {psnr(source, result[0]):.1f} dB against the input; controls: "
+                  + (", ".join(f"{k} {v}" for k, v in changed.items()) if changed else "the paper's defaults") + ".")
+        return (list(zip(paths, captions)), maps_path, [*paths, grid_path, maps_path, controls_path], inversion_path,
+                cache, status)
 
     # ------------------------------------------------------------------ helpers
 
@@ -263,28 +276,8 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     steps = gr.Slider(1, 200, value=50, step=1, label="steps", elem_id="steps")
                 targets = gr.Textbox(label="target prompt (one per line for several edits)", lines=2,
                                      elem_id="targets")
-                with gr.Accordion("edit controls", open=False):
-                    kind = gr.Dropdown(KINDS, value="auto", label="edit kind", elem_id="kind")
-                    blend = gr.Textbox(label="local blend: words whose region may change (empty: all of it)",
-                                       elem_id="blend")
-                    blend_exclude = gr.Textbox(label="local blend: words whose region is kept from the input "
-                                               "(alone: everything else may change)",
-                                               elem_id="blend-exclude")
-                    reweight = gr.Textbox(label="re-weight these words of the target", elem_id="reweight")
-                    factor = gr.Slider(-2, 5, value=2.0, step=0.1, label="re-weight factor "
-                                       "(below 1 weakens, above 1 strengthens, negative removes)")
-                    cross_steps = gr.Slider(0, 1, value=0.8, step=0.05, label="cross-attention replace steps "
-                                            "(fraction)")
-                    self_steps = gr.Slider(0, 1, value=0.4, step=0.05, label="self-attention replace steps "
-                                           "(fraction)")
-                    layout = gr.Slider(0, 0.3, value=0.0, step=0.01, label="layout guidance: keeps objects where "
-                                       "the input has them (0: off)", elem_id="layout")
-                    features = gr.Slider(0, 1, value=0.0, step=0.05, label="feature injection steps: the input's "
-                                         "structure kept (fraction; 0: off; not for a new background)",
-                                         elem_id="features")
-                    renoise = gr.Slider(0, 0.95, value=0.0, step=0.05, label="re-noise step: after this fraction "
-                                        f"of the steps the edits take one step with {RENOISE_STRENGTH:.0%} fresh noise, "
-                                        "which frees a new size from the input's outline (0: off)", elem_id="renoise")
+                with gr.Accordion("edit controls (Prompt-to-Prompt's defaults; empty: unset)", open=False):
+                    control_boxes = control_inputs(Controls())
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -299,10 +292,15 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
         image.upload(app.check_upload, image, None, preprocess=False).failure(lambda: None, None, image)
         describe.click(app.describe, image, prompt, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
-        run.click(app.edit, [cache, image, prompt, method, steps, targets, kind, blend, reweight, factor,
-                             cross_steps, self_steps, layout, blend_exclude, features, renoise],
-                  [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery,
-                  **model_queue)
+        shown_inputs = [cache, image, prompt, method, steps, targets]
+
+        def on_edit(values: dict, progress=gr.Progress(track_tqdm=True)):
+            return app.edit(*(values[c] for c in shown_inputs), progress=progress,
+                            controls={name: box_value(name, values[box]) for name, box in control_boxes.items()})
+
+        page.redraft_inputs, page.redraft_edit = (shown_inputs, control_boxes), on_edit  # for tests
+        run.click(on_edit, {*shown_inputs, *control_boxes.values()},
+                  [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery, **model_queue)
     return page
 
 

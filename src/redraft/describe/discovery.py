@@ -52,10 +52,6 @@ def tuned_encoder(editor, describer, from_step: int = 1):
     """Within the block, `editor` samples with the describer's U-Net encoder from step `from_step` on."""
     if not isinstance(describer.backbone, UNetEncoder):
         raise InputError("this describer's backbone is not a U-Net encoder; train one with --backbone unet --finetune")
-    saved = editor.unet
-    editor.unet = SwitchedUNet(editor.pipeline.unet, tuned_unet(editor.pipeline.unet, describer.backbone), from_step)
-    editor.unet.controller = saved.controller
-    try:
+    switched = SwitchedUNet(editor.pipeline.unet, tuned_unet(editor.pipeline.unet, describer.backbone), from_step)
+    with editor.using_unet(switched):
         yield editor
-    finally:
-        editor.unet = saved

@@ -43,6 +43,16 @@ class LocalBlend:
         self.start, self.stop = int(start * steps), int(round(stop * steps))
         self.mask: torch.Tensor | None = None
 
+    @classmethod
+    def from_controls(cls, tokenizer, prompts: Sequence[str], controls, control: AttentionControl,
+                      steps: int) -> "LocalBlend | None":
+        """The blend `controls` ask for (`Controls.blend`, `blend_exclude` and their settings), or None."""
+        if not (controls.blend or controls.blend_exclude):
+            return None
+        return cls(tokenizer, prompts, controls.blend, control, steps, threshold=controls.blend_threshold,
+                   start=controls.blend_start, resolution=controls.blend_resolution,
+                   exclude_words=controls.blend_exclude, stop=controls.blend_stop)
+
     def region(self, maps: torch.Tensor, tokens: list[list[int]], size, pool: bool) -> torch.Tensor:
         """[B, 1, h, w] booleans: where prompt b's tokens, or the source's, attend above the threshold."""
         region = torch.stack([maps[b, :, :, t].sum(-1) if t else torch.zeros_like(maps[b, :, :, 0])

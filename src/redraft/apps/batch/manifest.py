@@ -1,0 +1,231 @@
+"""Batch manifests: JSONL or CSV (one item a line or row; see `FIELDS`) or PIE-Bench's mapping_file.json
+(Ju et al. 2024), read into `Item`s. The edit controls' columns are the `Controls` schema's."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ...errors import InputError
+from ...inversions import METHODS
+from ...p2p.controls import Controls
+
+# Manifest fields (JSONL keys or CSV columns). Only image and target(s) are required.
+FIELDS = {
+    "id": "the item's name (letters, digits, . _ -); default: its position, 00001, 00002, ...",
+    "image": "image path, absolute or relative to the manifest's folder",
+    "prompt": "source prompt; missing: the image is described first (Editor.describe)",
+    "target": "one target prompt",
+    "targets": "target prompts: a list, or in CSV one text with ' | ' between prompts",
+    "method": "inversion method: " + ", ".join(METHODS),
+    "steps": "sampling steps",
+    "guidance": "guidance scale",
+    "direct": "Direct Inversion (true/false)",
+    "mask": "edit region (1 = edited) for background metrics: an image path, or PIE-Bench run-length pairs",
+    "controls": "edit controls: a JSON object, or the path of a .json saved by redraft (Controls.save); "
+                "the control columns below override it",
+} | {spec.column: spec.help for _, spec, _ in Controls.fields()}
+CONTROL_COLUMNS = {spec.column for _, spec, _ in Controls.fields()}
+# PIE-Bench's run_editing_p2p.py: cross_replace_steps 0.4, self_replace_steps 0.6 (the paper's are Controls())
+PIE_BENCH_CONTROLS = dict(cross_replace_steps=0.4, self_replace_steps=0.6)
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class Defaults:
+    """Settings of the items that do not set their own (the command line's options). `controls`: the
+    controls given for the whole run (field: value), over the paper's (or PIE-Bench's) defaults."""
+
+    method: str = "negative-prompt"
+    steps: int = 50
+    guidance: float | None = None  # None: the model's (Editor.guidance_scale)
+    direct: bool = False
+    controls: dict = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """One image to invert and edit. `error` is a problem found while reading it: the item fails with it."""
+
+    id: str
+    image: str
+    prompt: str | None
+    targets: list[str]
+    controls: dict  # Controls.to_json()
+    method: str
+    steps: int
+    guidance: float | None  # None: the model's
+    direct: bool = False
+    mask: str | list[int] | None = None  # a mask image path, or run-length pairs over the image's grid
+    editing_type: str | None = None
+    error: str | None = None
+
+    def spec(self, model: str) -> str:
+        """A hash of everything that decides this item's outputs."""
+        text = json.dumps([model, asdict(self)], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_manifest(path: str | Path, defaults: Defaults = Defaults(), images: str | Path | None = None) -> list[Item]:
+    """Items of a JSONL, CSV or PIE-Bench mapping_file.json manifest.
+
+    Image paths are relative to the manifest's folder; PIE-Bench's to `images` (default: the
+    annotation_images folder beside mapping_file.json). A problem with one item's values makes that
+    item fail; a problem with the manifest itself (format, unknown field, duplicate id) is an InputError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such manifest file; give a .jsonl, .csv or PIE-Bench mapping_file.json.")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        items = _pie_bench_items(path, defaults, Path(images) if images else path.parent / "annotation_images")
+    elif suffix in (".jsonl", ".csv"):
+        records = _jsonl_records(path) if suffix == ".jsonl" else _csv_records(path)
+        items = []
+        for n, (where, record) in enumerate(records, start=1):
+            unknown = sorted(set(record) - set(FIELDS))
+            if unknown:
+                raise InputError(f"{path} {where}: unknown field(s) {unknown}; the fields are {', '.join(FIELDS)}.")
+            items.append(_item(record, f"{n:05d}", path.parent, defaults, csv_text=suffix == ".csv"))
+    else:
+        raise InputError(f"{path}: a manifest is .jsonl, .csv, or PIE-Bench's mapping_file.json; got {path.suffix!r}.")
+    if not items:
+        raise InputError(f"{path} lists no items.")
+    seen: set[str] = set()
+    for item in items:
+        if not ID.fullmatch(item.id):
+            raise InputError(f"{path}: item id {item.id!r} cannot name a folder; use letters, digits, '.', '_' and '-'.")
+        if item.id in seen:
+            raise InputError(f"{path}: the id {item.id!r} is used twice; give every item its own id.")
+        seen.add(item.id)
+    return items
+
+
+def _jsonl_records(path: Path):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {line_no} is not JSON ({e.msg}); write one JSON object per line.") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path} line {line_no}: each line must be a JSON object {{\"image\": ..., \"target\": ...}}.")
+        yield f"line {line_no}", record
+
+
+def _csv_records(path: Path):
+    with open(path, newline="", encoding="utf-8") as f:
+        for row_no, row in enumerate(csv.DictReader(f), start=2):
+            if None in row:
+                raise InputError(f"{path} row {row_no} has more cells than the header has columns.")
+            yield f"row {row_no}", {k: v for k, v in row.items() if v not in ("", None)}
+
+
+def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_text: bool) -> Item:
+    """An Item from one manifest record; a bad value becomes the item's error."""
+    item = Item(id=str(record.get("id", default_id)), image=str(record.get("image", "")), prompt=None, targets=[],
+                controls={}, method=defaults.method, steps=defaults.steps, guidance=defaults.guidance,
+                direct=defaults.direct)
+    try:
+        if not item.image:
+            raise InputError("no image: give the image's path in the 'image' field.")
+        item.image = str(root / item.image)
+        item.prompt = record.get("prompt")
+        targets = record.get("targets", record.get("target"))
+        if isinstance(targets, str):
+            targets = [t.strip() for t in targets.split(" | ")] if csv_text or "targets" in record else [targets]
+        if not targets or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise InputError("no target prompt: give 'target' (text) or 'targets' (a list of texts).")
+        item.targets = targets
+        item.method = record.get("method", defaults.method)
+        if item.method not in METHODS:
+            raise InputError(f"unknown method {item.method!r}; use {', '.join(METHODS)}.")
+        item.steps = _number(record, "steps", defaults.steps, int)
+        item.guidance = _number(record, "guidance", defaults.guidance, float)
+        if item.guidance is not None and item.guidance < 0:
+            raise InputError(f"guidance must be 0 or more; got {item.guidance}.")
+        item.direct = _flag(record.get("direct", defaults.direct))
+        item.controls = _controls(record, root, defaults, pie_bench=False)
+        mask = record.get("mask")
+        if isinstance(mask, str) and csv_text and mask.lstrip().startswith("["):
+            mask = json.loads(mask)
+        item.mask = str(root / mask) if isinstance(mask, str) else mask
+    except (InputError, ValueError) as e:
+        item.error = str(e)
+    return item
+
+
+def _number(record: dict, key: str, default, kind):
+    value = record.get(key, default)
+    if value is None:  # neither the record nor the defaults set it: the model's own (guidance)
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{key} must be a number; got {value!r}.") from None
+    if kind is int:
+        if not number.is_integer():
+            raise InputError(f"{key} must be a whole number; got {value!r}.")
+        return int(number)
+    return number
+
+
+def _flag(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes"):
+        return True
+    if str(value).lower() in ("0", "false", "no", ""):
+        return False
+    raise InputError(f"direct must be true or false; got {value!r}.")
+
+
+def _controls(record: dict, root: Path, defaults: Defaults, pie_bench: bool) -> dict:
+    """The item's controls as JSON: the paper's (PIE-Bench's for its manifests) < the run's options <
+    the record's "controls" < the record's control columns."""
+    base = Controls.make(Controls.make(**(PIE_BENCH_CONTROLS if pie_bench else {})), **defaults.controls)
+    given = record.get("controls")
+    if isinstance(given, str) and not given.lstrip().startswith("{"):
+        base = Controls.load(root / given, base)
+    elif given is not None:
+        base = Controls.from_json(json.loads(given) if isinstance(given, str) else given, base)
+    return Controls.from_strings({k: v for k, v in record.items() if k in CONTROL_COLUMNS}, base).to_json()
+
+
+def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:
+    """PIE-Bench's mapping_file.json: {id: {image_path, original_prompt, editing_prompt, mask, ...}}.
+
+    The prompts lose their [brackets]; the edit uses PIE-Bench's Prompt-to-Prompt settings
+    (run_editing_p2p.py): cross_replace_steps 0.4, self_replace_steps 0.6, and when blended_word
+    ("source_word target_word") is given, LocalBlend on those two words and the target word re-weighted by 2.
+    """
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not JSON ({e.msg}); give PIE-Bench's mapping_file.json.") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, dict) and "image_path" in v for v in mapping.values()):
+        raise InputError(f"{path} is not PIE-Bench's mapping_file.json ({{id: {{\"image_path\": ..., ...}}}}); "
+                         "for your own items write a .jsonl or .csv manifest.")
+    items = []
+    for key, entry in mapping.items():
+        item = Item(id=str(key), image=str(images / entry["image_path"]), prompt=None, targets=[], controls={},
+                    method=defaults.method, steps=defaults.steps, guidance=defaults.guidance, direct=defaults.direct,
+                    mask=entry.get("mask"), editing_type=str(entry.get("editing_type_id", "")) or None)
+        try:
+            for name in ("original_prompt", "editing_prompt"):
+                if not isinstance(entry.get(name), str):
+                    raise InputError(f"the entry has no {name}.")
+            item.prompt = entry["original_prompt"].replace("[", "").replace("]", "")
+            item.targets = [entry["editing_prompt"].replace("[", "").replace("]", "")]
+            words = str(entry.get("blended_word") or "").split()
+            record = {"blend": words[:2], "reweight": {words[1]: 2}} if len(words) >= 2 else {}
+            item.controls = _controls(record, path.parent, defaults, pie_bench=True)
+        except (InputError, ValueError) as e:
+            item.error = str(e)
+        items.append(item)
+    return items

@@ -1,0 +1,169 @@
+"""`redraft bench ...`: the benchmarks, each printing a table and saving JSON and a chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ...errors import InputError
+from .common import editor_from, friendly, main
+
+
+@main.group(invoke_without_command=True)
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench(ctx, out_dir):
+    """Benchmarks: print a table, save JSON and a chart. Alone: inversion, editing, generation and
+    describe, run small, in one summary table."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ...bench import summary
+
+    result = summary.run(editor_from(ctx))
+    click.echo(summary.table(result))
+    click.echo("wrote " + ", ".join(str(p) for p in summary.save(result, Path(out_dir))))
+
+
+@bench.command("inversion")
+@click.option("--images", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSONL of {\"image\": path, \"prompt\": text}; default: held-out shapes scenes.")
+@click.option("-n", "count", default=8, show_default=True, help="shapes scenes to use (without --images).")
+@click.option("--steps", default="10,20,50", show_default=True, help="comma-separated step counts.")
+@click.option("--methods", default=None, help="comma-separated labels (default: all).")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_inversion(ctx, images, count, steps, methods, out_dir):
+    """Reconstruction PSNR/SSIM, VAE ceiling, seconds, UNet passes, ratio to the UNet floor, memory."""
+    from ...bench import inversion as b
+
+    labels = methods.split(",") if methods else list(b.METHODS)
+    unknown = [m for m in labels if m not in b.METHODS]
+    if unknown:
+        raise InputError(f"unknown method label(s) {unknown}; choose from {list(b.METHODS)}.")
+    cases = b.cases_from_file(Path(images)) if images else b.shapes_cases(count)
+    editor = editor_from(ctx)
+    click.echo(b.HEADER)
+    result = b.run(editor, cases, labels, [int(s) for s in steps.split(",")])
+    json_path, png_path = b.save(result, Path(out_dir))
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
+@bench.command("shapes")
+@click.option("--generation", "n_generation", default=200, show_default=True, help="prompts to generate.")
+@click.option("--edits", "n_edit", default=24, show_default=True, help="scenes to invert and edit, per method.")
+@click.option("--describe", "n_describe", default=256, show_default=True, help="scenes to describe (0: none).")
+@click.option("--methods", default="negative-prompt,direct,null-text", show_default=True,
+              help="inversion methods to edit from; direct = Direct Inversion over DDIM.")
+@click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
+@click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
+@click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
+@click.option("--self-resolution", type=click.IntRange(min=0), default=None,
+              help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
+@click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="layout guidance step size of the edits (0: off).")
+@click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")
+@click.option("--feature-steps", type=click.FloatRange(min=0, max=1), default=0.0, show_default=True,
+              help="feature_replace_steps of the edits (Plug-and-Play feature injection; 0: off).")
+@click.option("--background-feature-steps", type=click.FloatRange(min=0, max=1), default=None,
+              help="feature_replace_steps of the background edits (swaps and added backgrounds; default: "
+                   "--feature-steps). The demo's: 0, since a new background changes what the features keep.")
+@click.option("--demo-controls", is_flag=True,
+              help="edit with the demo's controls for each kind (redraft.demo.editing) instead of the options above.")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale of generation and inversion (default: the model's).")
+@click.option("--seed", default=3, show_default=True,
+              help="seed of the held-out scenes and prompts: 3 is the benchmark's; choose controls on another.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
+                 layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, guidance, seed, out_dir):
+    """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
+    from ...bench import shapes as b
+    from ...shapes.world import BACKGROUND_KINDS
+
+    controls = dict(self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
+                    layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
+    by_kind = {} if background_feature_steps is None else {
+        kind: {"feature_replace_steps": background_feature_steps} for kind in BACKGROUND_KINDS}
+    if demo_controls:
+        from ...shapes.editing import EDITING, EDITING_BY_KIND
+
+        given = [f"--{name.replace('_', '-')}" for name in ("self_steps", "cross_steps", "self_resolution", "layout_guidance",
+                                                            "layout_steps", "feature_steps", "background_feature_steps")
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--demo-controls sets every control; leave out {', '.join(given)}, or --demo-controls.")
+        controls = {k: v for k, v in EDITING.items() if k != "direct"}  # --methods says which inversion
+        by_kind = EDITING_BY_KIND
+    editor = editor_from(ctx)
+    result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
+                   by_kind=by_kind, n_describe=n_describe, **controls)
+    click.echo(b.table(result))
+    click.echo(f"wrote {b.save(result, Path(out_dir))}")
+
+
+@bench.command("describe")
+@click.option("-n", "count", default=256, show_default=True, help="held-out shapes scenes to describe.")
+@click.option("--train-size", default=10000, show_default=True, help="training scenes of every ablation row.")
+@click.option("--epochs", default=3, show_default=True, help="epochs of every ablation row.")
+@click.option("--rows", default=None, help="comma-separated rows (default: all but the last): shipped, regression, "
+              "heads1, heads2, heads3, curriculum, unet-frozen, curriculum-shuffled.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_describe(ctx, count, train_size, epochs, rows, out_dir):
+    """Prompt prediction on held-out shapes: cosine, exact prompt, attributes; the paper's ablation in small."""
+    from ...bench import describe as b
+
+    result = b.run(ctx.obj.get("describer"), count, train_size=train_size, epochs=epochs,
+                   rows=rows.split(",") if rows else None, work=Path(out_dir) / "describe-runs")
+    click.echo(b.table(result))
+    click.echo(f"wrote {b.save(result, Path(out_dir))}")
+
+
+@bench.command("caption")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated training seeds (the spread "
+              "between seeds is large: keep several).")
+@click.option("--variants", default="vanilla,enhanced", show_default=True,
+              help="comma-separated: vanilla, enhanced, vocabulary (BCE only), curriculum (curriculum only).")
+@click.option("--train", "n_train", default=2000, show_default=True, help="training scenes.")
+@click.option("--test", "n_test", default=300, show_default=True, help="held-out scenes to score.")
+@click.option("--steps", default=600, show_default=True, help="training steps of every run (batch 32).")
+@click.option("--noise", default=0.0, show_default=True, help="share of training prompts swapped for another scene's.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@friendly
+def bench_caption(seeds, variants, n_train, n_test, steps, noise, out_dir):
+    """Vanilla against enhanced BLIP (a small one, from scratch) on held-out shapes: exact prompt, cosine, attributes."""
+    from ...bench import caption as b
+    from ...describe.caption import CaptionRecipe
+
+    result = b.run(Path(out_dir), [int(s) for s in seeds.split(",")], variants.split(","), n_train=n_train,
+                   n_test=n_test, noise=noise, recipe=CaptionRecipe(steps=steps))
+    click.echo(b.table(result))
+    json_path, png_path = b.save(result, Path(out_dir))
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
+@bench.command("discovery")
+@click.option("-n", "count", default=128, show_default=True, help="held-out prompts to generate.")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--from-step", default=1, show_default=True, help="first sampling step that uses the tuned encoder.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_discovery(ctx, count, steps, from_step, out_dir):
+    """The paper's discovery: generation accuracy with the model's U-Net encoder and with the fine-tuned
+    one of --describer (trained with --backbone unet --finetune)."""
+    from ...bench import describe as b
+
+    if not ctx.obj.get("describer"):
+        raise InputError("give the describer whose U-Net encoder to try: redraft --describer FOLDER bench discovery")
+    result = b.discovery(editor_from(ctx), ctx.obj["describer"], count, steps=steps, from_step=from_step)
+    click.echo(b.discovery_table(result))
+    out = Path(out_dir) / "discovery.json"
+    b.save(result, Path(out_dir), name="discovery.json")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,189 @@
+"""`redraft invert`, `reconstruct`, `edit`, `generate` and `attention`: one image at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ...errors import InputError
+from .common import METHOD, editor_from, friendly, main
+from .controls import control_options, controls_from
+
+
+@main.command()
+@click.argument("image")
+@click.option("--prompt", "-p", default=None, help="the text that describes the image (default: its description).")
+@click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@click.option("--null-init", type=click.Choice(["null", "source"]), default="null", show_default=True,
+              help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
+@click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
+@click.option("--keep-aspect", is_flag=True, help="keep the aspect ratio instead of a centre crop.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, output, force):
+    """Invert IMAGE: save the trajectory that regenerates it."""
+    from ...io.files import refuse_overwrite
+    from ...io.image import load_image
+
+    refuse_overwrite(output, force)
+    load_image(image)  # fail on a bad image before loading the model
+    editor = editor_from(ctx)
+    inv = editor.invert(image, prompt, method=method, steps=steps, guidance_scale=guidance,
+                        null_init=null_init, global_null=global_null, keep_aspect=keep_aspect)
+    inv.save(output)
+    if prompt is None:
+        click.echo(f"described as: {inv.prompt}")
+    c = inv.cost
+    click.echo(f"wrote {output} ({method}, {steps} steps: {c.seconds:.1f} s, {c.unet_forward} UNet passes"
+               + (f" + {c.unet_backward} backward" if c.unet_backward else "") + ")")
+
+
+@main.command()
+@click.argument("inversion", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the PNG to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def reconstruct(ctx, inversion, output, force):
+    """Regenerate the image of a saved INVERSION."""
+    from ...io.files import refuse_overwrite, save_image
+    from ...io.inversion_file import Inversion
+    from ...eval.metrics import psnr
+
+    refuse_overwrite(output, force)
+    inv = Inversion.load(inversion)
+    editor = editor_from(ctx)
+    image = editor.reconstruct(inv)
+    save_image(image, output)
+    click.echo(f"wrote {output} (PSNR {psnr(inv.image, image):.2f} dB against the inverted input)")
+
+def edit_outputs(fn):
+    """The options of `edit` and `generate` beside the controls: targets and the output."""
+    for option in reversed([
+        click.option("--target", "-t", "targets", multiple=True, required=True, help="target prompt (repeatable)."),
+        click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+                     help="PNG of the (last) edit; a grid is written beside it (NAME.grid.png)."),
+        click.option("--force", is_flag=True, help="replace outputs that exist."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt: bool = True) -> bool:
+    """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt (unless it can be
+    described: `needs_prompt=False`); checked before loading a model."""
+    from ...io.image import load_image
+
+    if source.endswith(".safetensors"):
+        return True
+    load_image(source)
+    if needs_prompt and not prompt:
+        raise InputError(f"{what} of an image needs its source prompt: give --prompt \"...\".")
+    return False
+
+
+
+
+def write_edit_outputs(result, first: list, first_captions: list[str], output: str, force: bool, **metadata) -> None:
+    """The last edit at `output` and a grid of `first` pictures, then every branch, beside it; both PNGs
+    carry the prompts and controls that made them (`Controls.load` reads them back)."""
+    from ...io.draw import grid
+    from ...io.files import refuse_overwrite, save_image
+
+    out = Path(output)
+    grid_path = out.with_name(out.stem + ".grid.png")
+    refuse_overwrite(grid_path, force)
+    meta = result.metadata(**metadata)
+    save_image(result[-1], out, metadata=meta)
+    captions = first_captions + [f"edit: {p}" for p in result.prompts[1:]]
+    save_image(grid([*first, *result], captions), grid_path, metadata=meta)
+    click.echo(f"wrote {out} and {grid_path}")
+
+
+def echo_controls(controls) -> None:
+    changed = controls.changed()
+    click.echo("controls: " + (json.dumps(changed) if changed else "the paper's defaults (Controls())"))
+
+
+@main.command()
+@click.argument("source")
+@click.option("--prompt", "-p", default=None,
+              help="source prompt (an image without one is described first; an inversion has its own).")
+@click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
+@edit_outputs
+@control_options()
+@click.pass_context
+@friendly
+def edit(ctx, source, prompt, method, steps, direct, targets, output, force, **options):
+    """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
+    from PIL import Image
+
+    from ...io.files import refuse_overwrite
+    from ...io.inversion_file import Inversion
+
+    refuse_overwrite(output, force)
+    controls = controls_from(options)
+    is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
+    editor = editor_from(ctx)
+    inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
+    if not is_inversion and prompt is None:
+        click.echo(f"described as: {inv.prompt}")
+    echo_controls(controls)
+    result = editor.edit(inv, list(targets), direct=direct, controls=controls)
+    write_edit_outputs(result, [Image.fromarray(inv.image)], [f"input: {inv.prompt}", f"reconstruction ({inv.method})"],
+                       output, force, method=inv.method + (" + direct" if direct else ""), steps=inv.steps,
+                       model=editor.model_id)
+
+
+@main.command()
+@click.option("--prompt", "-p", required=True, help="source prompt.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@edit_outputs
+@control_options(generation=True)
+@click.pass_context
+@friendly
+def generate(ctx, prompt, seed, steps, guidance, targets, output, force, **options):
+    """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
+    from ...io.files import refuse_overwrite
+
+    refuse_overwrite(output, force)
+    controls = controls_from(options)
+    editor = editor_from(ctx)
+    echo_controls(controls)
+    result = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, controls=controls)
+    write_edit_outputs(result, [], [f"source: {prompt}"], output, force, seed=seed, steps=steps, model=editor.model_id)
+
+
+@main.command()
+@click.argument("source")
+@click.option("--prompt", "-p", default=None, help="the image's prompt (an inversion has its own).")
+@click.option("--resolution", default=None, type=int, help="map size (default: every size the UNet has, averaged).")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the PNG to write.")
+@click.option("--force", is_flag=True, help="replace the output if it exists.")
+@click.pass_context
+@friendly
+def attention(ctx, source, prompt, resolution, steps, output, force):
+    """Per-word cross-attention heat maps over an image (or a saved inversion)."""
+    from ...io.files import refuse_overwrite, save_image
+    from ...io.inversion_file import Inversion
+
+    refuse_overwrite(output, force)
+    is_inversion = is_saved_inversion(source, prompt, "drawing attention maps")
+    editor = editor_from(ctx)
+    maps = editor.attention_maps(Inversion.load(source) if is_inversion else source, prompt,
+                                 resolution=resolution, steps=steps)
+    save_image(maps.draw(), output)
+    click.echo(f"wrote {output} ({len(maps.words)} words, maps {maps.maps.shape[1]}x{maps.maps.shape[2]})")

@@ -1,0 +1,116 @@
+"""`redraft demo`, `batch`, `describe` and `serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ...errors import InputError
+from .common import METHOD, editor_from, friendly, main
+from .controls import control_options, controls_given
+
+
+@main.command()
+@click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=7, show_default=True, help="which held-out scene to use.")
+@click.pass_context
+@friendly
+def demo(ctx, out_dir, seed):
+    """The main job on the built-in model: a new scene, inverted, reconstructed and edited."""
+    from ..demo import run
+
+    run(editor_from(ctx), Path(out_dir), seed=seed)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("-k", "k", default=5, show_default=True, help="nearest known prompts to show.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per image.")
+@click.pass_context
+@friendly
+def describe(ctx, images, k, as_json):
+    """The prompt behind each image (Reverse Stable Diffusion): text, words, nearest known prompts."""
+    import json
+
+    from ...io.image import load_image
+
+    from ...describe.model import Describer, describer_folder
+    from ...io.loading import default_device
+
+    loaded = [load_image(path) for path in images]  # fail on a bad image before loading the model
+    describer = Describer.load(describer_folder(ctx.obj["model"], ctx.obj.get("describer")),
+                               device=ctx.obj["device"] or default_device())  # the describer alone
+    for path, d in zip(images, describer.describe(loaded, k=k)):
+        if as_json:
+            click.echo(json.dumps({"image": path, **d.to_json()}))
+            continue
+        click.echo(f"{path}: {d.prompt}")
+        if d.words:
+            click.echo("  words: " + ", ".join(f"{w} {p:.2f}" for w, p in d.words))
+        click.echo("  nearest: " + "; ".join(f"{t} ({c:.3f})" for t, c in d.neighbours))
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="results folder; run the same command again to resume.")
+@click.option("--images", default=None, type=click.Path(file_okay=False),
+              help="PIE-Bench: its annotation_images folder (default: beside mapping_file.json).")
+@click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True,
+              help="inversion method of the items that set none.")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", type=click.FloatRange(min=0), default=None,
+              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@click.option("--direct", is_flag=True, help="Direct Inversion for the items that set none (with --method ddim).")
+@click.option("--clip", default=None, help="CLIP weights for CLIP scores (e.g. openai/clip-vit-large-patch14).")
+@click.option("--dino", default=None, help="DINO ViT weights for structure distance (e.g. facebook/dino-vitb8).")
+@click.option("--lpips", default=None, help="LPIPS weights: a .safetensors file (see redraft.metrics.Lpips).")
+@click.option("--limit", type=int, default=None, help="only the first N items.")
+@click.option("--force", is_flag=True, help="redo items whose saved results were made with other settings.")
+@control_options()
+@click.pass_context
+@friendly
+def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip, dino, lpips, limit, force, **options):
+    """Invert and edit every item of MANIFEST (JSONL, CSV or PIE-Bench's mapping_file.json), with metrics.
+
+    Resumable. Scale out with `accelerate launch --multi_gpu --num_processes N -m redraft batch ...`.
+    The control options apply to every item that does not set its own (the manifest's columns), over
+    the paper's defaults (PIE-Bench's cross-steps 0.4 and self-steps 0.6 for its mapping_file.json).
+    """
+    from .. import batch as b
+    from ...io.loading import BUILTIN
+
+    defaults = b.Defaults(method=method, steps=steps, guidance=guidance, direct=direct,
+                          controls=controls_given(options))
+    items = b.read_manifest(manifest, defaults, images)[:limit]
+
+    def load_editor(device):  # each process on its own device (accelerate's), unless --device says otherwise
+        ctx.obj["device"] = device
+        return editor_from(ctx)
+
+    report = b.run(items, out_dir, load_editor, model=ctx.obj["model"] or BUILTIN, device=ctx.obj["device"],
+                   weights=dict(clip=clip, dino=dino, lpips=lpips), force=force)
+    if report.summary is not None:
+        s = report.summary
+        for key, value in s["means"].items():
+            click.echo(f"  {key:28s} {value:10.4f}  (n={s['counts'][key]})")
+        click.echo(f"{s['ok']} ok, {s['failed']} failed of {s['items']} items ({report.skipped} already done); "
+                   f"wrote {Path(out_dir) / 'results.csv'} and results.jsonl")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every network interface; anyone who reaches it can use it).")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+@friendly
+def serve(ctx, host, port):
+    """A web page to describe, invert and edit images (needs: pip install 'redraft[app]')."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise InputError("the web app needs Gradio: install it with pip install 'redraft[app]'.")
+    from ..web import serve as run
+
+    run(editor_from(ctx), host=host, port=port)
