@@ -234,3 +234,28 @@ def test_the_edit_says_and_saves_the_controls_in_effect(app, picture):
     wanted = Controls(renoise_step=0.5, blend=["dog"])
     (saved,) = [f for f in files if f.endswith("controls.json")]
     assert Controls.load(saved) == wanted and Controls.load(gallery[2][0]) == wanted
+
+
+def test_the_api_endpoints_check_uploads_themselves(editor, picture, tmp_path):
+    """/describe and /edit called by a client (not the page) with a bad upload get redraft's message,
+    not Gradio's silent {"error": null}; a good call of /edit returns the pictures."""
+    from gradio_client import Client, handle_file
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("hello")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page, url = serve(editor, port=port, block=False)
+    try:
+        client = Client(url, verbose=False)
+        unset = dict(self_max_resolution=None, blend_resolution=None, renoise_step=None)
+        for api, args in (("/describe", dict(image_path=handle_file(str(bad)))),
+                          ("/edit", dict(image=handle_file(str(bad)), prompt=SOURCE, targets=TARGET, **unset))):
+            with pytest.raises(Exception, match="not an image that can be read"):
+                client.predict(api_name=api, **args)
+        gallery, *_, status = client.predict(api_name="/edit", image=handle_file(picture), prompt=SOURCE,
+                                             targets=TARGET, steps=2, **unset)
+        assert len(gallery) == 3 and status.startswith("Inverted (negative-prompt, 2 steps)")
+    finally:
+        page.close()

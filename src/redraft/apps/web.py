@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import inspect
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from ..io.draw import grid  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from ..io.files import save_image  # noqa: E402
-from ..io.image import load_image  # noqa: E402
+from ..io.image import MAX_PIXELS, check_size, load_image  # noqa: E402
 from ..inversions import METHODS  # noqa: E402
 from ..io.inversion_file import Inversion  # noqa: E402
 from ..io.loading import BUILTIN  # noqa: E402
@@ -40,7 +41,6 @@ from ..p2p.controls import Controls, to_text  # noqa: E402
 log = logging.getLogger(__name__)
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what an upload may be (PIL's names)
-MAX_PIXELS = 40_000_000  # an upload larger than this is refused before it is decoded
 MAX_UPLOAD = "100mb"  # any one uploaded file (a 50-step SD inversion is about 16 MB)
 KEPT_INVERSIONS = 3  # per browser session
 
@@ -66,21 +66,17 @@ def shown(fn):
 
 
 def open_upload(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An uploaded file -> an RGB image, after checking its type and pixel count from its header."""
+    """An uploaded file -> an RGB image, after checking its type and pixel count from its header (the
+    one pixel cap of every front-end, `io.image.MAX_PIXELS`)."""
     try:
         with Image.open(path) as im:
-            kind, (w, h) = im.format, im.size
-    except Image.DecompressionBombError:
-        raise InputError(f"the image is larger than {max_pixels / 1e6:.0f} megapixels; downscale it first.") from None
-    except (UnidentifiedImageError, OSError):
-        raise InputError("the uploaded file is not an image that can be read; upload a PNG, JPEG or WebP "
-                         "picture.") from None
-    if kind not in FORMATS:
+            kind = im.format
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError):
+        kind = None  # check_size says which
+    if kind is not None and kind not in FORMATS:
         raise InputError(f"{kind} images are not accepted; upload one of {', '.join(FORMATS)}.")
-    if w * h > max_pixels:
-        raise InputError(f"the image is {w} x {h} = {w * h / 1e6:.1f} megapixels, more than the "
-                         f"{max_pixels / 1e6:.0f} allowed; downscale it first.")
-    return load_image(path)
+    check_size(path, max_pixels)
+    return load_image(path, max_pixels)
 
 
 def stacked(pictures: list[Image.Image]) -> Image.Image:
@@ -154,7 +150,7 @@ class App:
             open_upload(path, self.max_pixels)
 
     @shown
-    def describe(self, image_path: str | None) -> str:
+    def describe(self, image_path: str | dict | None) -> str:
         """The source prompt predicted from the image (`Editor.describe`)."""
         image = self.image(image_path)
         return self.editor.describe(image).prompt
@@ -227,7 +223,10 @@ class App:
 
     # ------------------------------------------------------------------ helpers
 
-    def image(self, path: str | None) -> Image.Image:
+    def image(self, path: str | dict | None) -> Image.Image:
+        """The uploaded image: a path, or Gradio's unprocessed file value ({"path": ...}), which the
+        events take so that every client's bad upload meets redraft's checks, not Gradio's."""
+        path = path.get("path") if isinstance(path, dict) else path
         if not path:
             raise InputError("upload an image first (or pick one of the examples).")
         return open_upload(path, self.max_pixels)
@@ -290,17 +289,25 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                                          "edit again without inverting", elem_id="inversion")
         model_queue = dict(concurrency_id="model", concurrency_limit=1)  # one job on the model at a time
         image.upload(app.check_upload, image, None, preprocess=False).failure(lambda: None, None, image)
-        describe.click(app.describe, image, prompt, **model_queue)
+        describe.click(app.describe, image, prompt, api_name="describe", preprocess=False, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         shown_inputs = [cache, image, prompt, method, steps, targets]
+        inputs = [*shown_inputs, *control_boxes.values()]
 
-        def on_edit(values: dict, progress=gr.Progress(track_tqdm=True)):
-            return app.edit(*(values[c] for c in shown_inputs), progress=progress,
-                            controls={name: box_value(name, values[box]) for name, box in control_boxes.items()})
+        def on_edit(*values):
+            """The Edit button, and the API's /edit: the page's inputs in order, then the progress tracker."""
+            *values, progress = values
+            return app.edit(*values[:6], progress=progress,
+                            controls={name: box_value(name, v) for name, v in zip(control_boxes, values[6:])})
 
+        on_edit.__signature__ = inspect.Signature(  # the API's parameter names (Gradio reads the signature)
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+             for n in ("cache", "image", "prompt", "method", "steps", "targets", *control_boxes)]
+            + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=gr.Progress(track_tqdm=True))])
         page.redraft_inputs, page.redraft_edit = (shown_inputs, control_boxes), on_edit  # for tests
-        run.click(on_edit, {*shown_inputs, *control_boxes.values()},
-                  [gallery, attention, files, inversion_file, cache, status], show_progress_on=gallery, **model_queue)
+        run.click(on_edit, inputs, [gallery, attention, files, inversion_file, cache, status], api_name="edit",
+                  show_progress_on=gallery, preprocess=False, **model_queue)
     return page
 
 
