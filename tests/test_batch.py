@@ -137,8 +137,8 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     manifest = _jsonl(tmp_path / "items.jsonl", records)
     out = tmp_path / "out"
     r = _batch(tiny_folder, str(manifest), "-o", str(out), "--lpips", str(tmp_path / "no-lpips.safetensors"))
-    assert r.exit_code == 0, r.output
-    assert "1 ok, 5 failed of 6 items" in r.output
+    assert r.exit_code == 1, r.output  # items failed: scripts can tell
+    assert "1 ok, 5 failed of 6 items" in r.output and "5 item(s) failed" in r.output
     rows = {row["id"]: row for row in _rows(out)}
     assert list(rows) == [rec["id"] for rec in records]
     errors = {k: row["error"] for k, row in rows.items()}
@@ -176,7 +176,7 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     monkeypatch.setattr(redraft.Editor, "describe", lambda self, image: Described(), raising=False)
     before = (folder / "row.json").stat().st_mtime_ns
     r = _batch(tiny_folder, str(manifest), "-o", str(out))
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output
     assert "2 ok, 4 failed of 6 items (1 already done)" in r.output
     report = json.loads((out / "processes" / "0.json").read_text())
     assert report["done"] == ["no-prompt"] and "good" not in report["failed"]
@@ -191,7 +191,7 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     r = _batch(tiny_folder, str(manifest), "-o", str(out))
     assert r.exit_code == 2 and "other settings" in r.output and "--force" in r.output
     r = _batch(tiny_folder, str(manifest), "-o", str(out), "--force")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # the four bad items still fail
     assert {row["id"]: row for row in _rows(out)}["good"]["targets"] == ["a photo of a bird"]
     assert not (folder / "edit-2.png").exists()  # the redone item's old outputs are gone
 
@@ -318,3 +318,25 @@ def test_two_processes_share_the_items_and_a_second_run_does_nothing(tiny_folder
     assert json.loads((out / "processes" / "0.json").read_text())["done"] == []
     assert {p: p.stat().st_mtime_ns for p in (out / "items").rglob("*")} == stamps
     assert [row["id"] for row in _rows(out)] == ids
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_at_once(tiny_folder, tmp_path):
+    """While a run holds the folder (its OS lock), another is refused before any work, naming the holder;
+    once the lock is gone (a run that ended, or was killed), the folder is free again."""
+    import fcntl
+
+    names = _pictures(tmp_path, 1)
+    manifest = _jsonl(tmp_path / "m.jsonl", [{"image": names[0], "prompt": "a photo of a cat",
+                                              "target": "a photo of a dog", "steps": 2}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "batch.json").write_text(json.dumps({"format": B.FORMAT}))
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345 on elsewhere")
+        held.flush()
+        r = _batch(tiny_folder, str(manifest), "-o", str(out))
+        assert r.exit_code == 2 and "another redraft batch (pid 12345 on elsewhere)" in r.output
+        assert not (out / "items").exists()
+    r = _batch(tiny_folder, str(manifest), "-o", str(out))
+    assert r.exit_code == 0, r.output

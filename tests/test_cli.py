@@ -161,3 +161,10 @@ def test_bench_shapes_feature_options_reach_the_bench(run, tmp_path, monkeypatch
         assert applied == {k: v for k, v in editing(kind).items() if k != "direct"}, kind
     r = run("bench", "shapes", "--demo-controls", "--cross-steps", "0.5", "--out", str(tmp_path))
     assert r.exit_code == 2 and "--cross-steps" in r.output, r.output
+
+
+def test_demo_refuses_to_replace_its_files_without_force(tmp_path):
+    (tmp_path / "grid.png").write_bytes(b"mine")
+    r = CliRunner().invoke(main, ["--device", "cpu", "demo", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "grid.png exists" in r.output and "--force" in r.output
+    assert (tmp_path / "grid.png").read_bytes() == b"mine" and not (tmp_path / "summary.json").exists()

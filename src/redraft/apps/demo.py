@@ -23,6 +23,8 @@ from ..eval.metrics import psnr
 from ..shapes import world
 from ..shapes.editing import EDITING, EDITING_BY_KIND, editing
 
+OUTPUTS = ("grid.png", "attention.png", "summary.json")  # what the demo writes in its folder
+
 def check(image: Image.Image, truth: world.Scene, prompt: str) -> dict:
     """Attributes read back from the pixels, and whether each matches the truth: the benchmark's test
     (`bench.shapes.outcome`: position within `POSITION_TOLERANCE`) told attribute by attribute."""

@@ -4,9 +4,13 @@ results table (results.jsonl, results.csv, summary.json)."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
+import os
 import shutil
+import socket
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from .item import Scorers, process
 from .manifest import Item
 
 FORMAT = "redraft.batch/1"
+LOCK = ".lock"  # in the results folder, while a run writes there
 
 
 @dataclass
@@ -45,6 +50,30 @@ def _read_row(folder: Path) -> dict | None:
         return None
 
 
+@contextmanager
+def folder_lock(out: Path):
+    """Held by a run's main process for the whole run: a second `redraft batch` into the same folder is
+    refused at once, naming the run that holds it. An OS lock (flock), so a killed run leaves none."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise InputError(f"another redraft batch ({holder}) is writing to {out}; wait for it to end (then run "
+                         "again to resume), or write to another folder (-o).") from None
+    try:
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 def run(items: list[Item], out_dir: str | Path, load_editor, *, model: str, device: str | None = None,
         weights: dict | None = None, force: bool = False, progress: bool = True) -> Report:
     """Process every item not done yet, sharded over the processes of `accelerate launch`, then merge.
@@ -53,15 +82,21 @@ def run(items: list[Item], out_dir: str | Path, load_editor, *, model: str, devi
     in each item's settings hash; `weights` maps "clip" / "dino" / "lpips" to their weights.
     """
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; give a folder for the results (-o).")
-    if out.is_dir() and any(out.iterdir()) and not (out / "batch.json").is_file():
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / "batch.json").is_file():
         raise InputError(f"{out} holds other files and is not a redraft batch folder; choose a new or empty folder (-o).")
     cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
     state = PartialState(cpu=cpu)
+    with folder_lock(out) if state.is_main_process else nullcontext():  # one run at a time per folder
+        return _run(state, items, out, load_editor, model, device, weights, force, progress)
+
+
+def _run(state, items, out: Path, load_editor, model, device, weights, force, progress) -> Report:
+    from tqdm.auto import tqdm
+
     specs = {item.id: item.spec(model) for item in items}
     stale = [item.id for item in items
              if (row := _read_row(out / "items" / item.id)) and row.get("status") == "ok" and row.get("spec") != specs[item.id]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -14,12 +15,16 @@ from .controls import control_options, controls_given
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=7, show_default=True, help="which held-out scene to use.")
+@click.option("--force", is_flag=True, help="replace the demo's files in OUT if they exist.")
 @click.pass_context
 @friendly
-def demo(ctx, out_dir, seed):
+def demo(ctx, out_dir, seed, force):
     """The main job on the built-in model: a new scene, inverted, reconstructed and edited."""
-    from ..demo import run
+    from ...io.files import refuse_overwrite
+    from ..demo import OUTPUTS, run
 
+    for name in OUTPUTS:  # before any work
+        refuse_overwrite(Path(out_dir) / name, force)
     run(editor_from(ctx), Path(out_dir), seed=seed)
 
 
@@ -97,6 +102,10 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip,
             click.echo(f"  {key:28s} {value:10.4f}  (n={s['counts'][key]})")
         click.echo(f"{s['ok']} ok, {s['failed']} failed of {s['items']} items ({report.skipped} already done); "
                    f"wrote {Path(out_dir) / 'results.csv'} and results.jsonl")
+        if s["failed"]:  # scripts can tell: exit status 1 (2 is a bad command line)
+            click.echo(f"error: {s['failed']} item(s) failed (their rows in results.csv say why); fix them and run "
+                       "the same command again to retry only those.", err=True)
+            sys.exit(1)
 
 
 @main.command()
