@@ -22,42 +22,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..io.files import write_json
 from ..shapes import world
+from .describer_scores import ATTRIBUTES, evaluate
 
 TEST_SEED = 77  # held-out scenes: split "test"; training uses seed 0 ("train") and 10000 ("test", validation)
-ATTRIBUTES = ("size", "color", "shape", "background")
 
 
 def test_scenes(n: int, seed: int = TEST_SEED) -> list[world.Scene]:
     return world.scenes(seed, n, split="test")
-
-
-@torch.no_grad()
-def evaluate(describer, scenes: list[world.Scene], embedder=None, batch_size: int = 64) -> dict:
-    """Mean cosine, exact-prompt rate and per-attribute accuracy of a describer on scenes."""
-    from ..describe.embed import SentenceEmbedder
-
-    embedder = embedder or SentenceEmbedder()
-    truths = [s.prompt() for s in scenes]
-    targets = embedder.encode(truths)
-    descriptions = describer.describe([world.render(s) for s in scenes], k=1, batch_size=batch_size)
-    predicted = torch.stack([d.embedding for d in descriptions])
-    cosines = torch.nn.functional.cosine_similarity(predicted, targets, dim=-1)
-    per: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
-    for d, scene in zip(descriptions, scenes):
-        try:
-            read = world.parse_prompt(d.prompt)
-        except ValueError:
-            read = {}
-        for a in ATTRIBUTES:
-            per[a].append(read.get(a) == getattr(scene, a))
-    return {"mean_cosine": float(cosines.mean()), "min_cosine": float(cosines.min()),
-            "exact_prompt": float(np.mean([d.prompt == t for d, t in zip(descriptions, truths)])),
-            **{a: float(np.mean(v)) for a, v in per.items()}, "n": len(scenes)}
 
 
 ROWS = ("shipped", "regression", "heads1", "heads2", "heads3", "curriculum", "unet-frozen", "curriculum-shuffled")

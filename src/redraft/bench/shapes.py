@@ -23,9 +23,10 @@ from ..io.files import write_json
 from ..eval.metrics import psnr
 from ..core.sampling import denoise
 from ..shapes import world
+from ..shapes.world import POSITION_TOLERANCE, kept, outcome, shift_of  # noqa: F401 (re-exported)
+from .describer_scores import evaluate
 
 SEED = 3  # held-out scenes: split "test", never used in training
-POSITION_TOLERANCE = 3  # px: an edit keeps the object's place if its centre moved at most this far
 
 
 @torch.no_grad()
@@ -57,26 +58,6 @@ def vae_ceiling(editor, n: int = 64) -> float:
     return float(np.mean([psnr(a, b) for a, b in zip(images, editor.decode(editor.encode(images)))]))
 
 
-def outcome(image, truth: world.Scene) -> tuple[bool, float]:
-    """Whether every attribute reads back as `truth`'s, and how far (px, the larger of x and y) the
-    object's centre is from `truth`'s."""
-    r = world.read(np.asarray(image))
-    same = all(getattr(r, k) == getattr(truth, k) for k in world.ATTRIBUTES)
-    return same, shift_of(r, truth)
-
-
-def shift_of(reading, truth: world.Scene) -> float:
-    """How far (px, the larger of x and y) a reading's centre is from `truth`'s."""
-    shift = max(abs(reading.cx - truth.cx), abs(reading.cy - truth.cy))
-    return shift if np.isfinite(shift) else float("inf")  # no object drawn: infinitely far
-
-
-def kept(image, truth: world.Scene) -> bool:
-    """The spec's test of an edit: every attribute as `truth`'s, the position within 3 px."""
-    same, shift = outcome(image, truth)
-    return same and shift <= POSITION_TOLERANCE
-
-
 def blend_words(e: world.Edit) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """P2P's local blending for an edit: the words whose attention marks what it may change, and the
     words whose region is kept (`Controls.blend_exclude`). Background edits change everything but the
@@ -97,9 +78,8 @@ def record(rows: dict, kind: str, image, truth: world.Scene) -> None:
 
 def describing(editor, n: int = 256, seed: int = SEED) -> dict:
     """The model's describer on n held-out scenes: exact prompts, attributes, mean cosine
-    (`bench.describe.evaluate`); {"not_run": why} for a model without a describer."""
+    (`bench.describer_scores.evaluate`); {"not_run": why} for a model without a describer."""
     from ..errors import InputError
-    from .describe import evaluate
 
     try:
         describer = editor.describer

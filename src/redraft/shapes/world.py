@@ -2,7 +2,7 @@
 
 One filled shape on a plain background, 64 x 64 RGB, whose truth is fully known. This module
 draws scenes, samples them, writes and parses their prompts, makes edits with known outcomes,
-and reads the attributes back from pixels. Pure numpy + PIL.
+reads the attributes back from pixels, and judges an edit by them. Pure numpy + PIL.
 
 Coordinates: pixel (x, y) of the 64 x 64 canvas covers [x, x + 1) x [y, y + 1), so its centre is
 (x + 0.5, y + 0.5). A scene's integer centre (cx, cy) therefore names the pixel the shape is
@@ -350,3 +350,28 @@ def _coverage(shape: str, h: int, cx: int, cy: int) -> np.ndarray:
 def agrees(reading: Reading, prompt: str) -> dict[str, bool]:
     """For each attribute the prompt names, whether the reading has that value."""
     return {name: getattr(reading, name) == value for name, value in parse_prompt(prompt).items() if value is not None}
+
+
+# --- Judging an edit (spec: an edit keeps the other attributes and the position) ------------------
+
+POSITION_TOLERANCE = 3  # px: an edit keeps the object's place if its centre moved at most this far
+
+
+def shift_of(reading: Reading, truth: Scene) -> float:
+    """How far (px, the larger of x and y) a reading's centre is from `truth`'s."""
+    shift = max(abs(reading.cx - truth.cx), abs(reading.cy - truth.cy))
+    return shift if np.isfinite(shift) else float("inf")  # no object drawn: infinitely far
+
+
+def outcome(image, truth: Scene) -> tuple[bool, float]:
+    """Whether every attribute reads back as `truth`'s, and how far (px, the larger of x and y) the
+    object's centre is from `truth`'s."""
+    r = read(np.asarray(image))
+    same = all(getattr(r, k) == getattr(truth, k) for k in ATTRIBUTES)
+    return same, shift_of(r, truth)
+
+
+def kept(image, truth: Scene) -> bool:
+    """The spec's test of an edit: every attribute as `truth`'s, the position within `POSITION_TOLERANCE` px."""
+    same, shift = outcome(image, truth)
+    return same and shift <= POSITION_TOLERANCE
