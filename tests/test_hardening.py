@@ -66,3 +66,20 @@ def test_an_array_with_nan_or_inf_is_refused(bad):
         load_image(a)
     with pytest.raises(InputError, match=r"192 NaN or infinite values"):
         load_image(torch.full((3, 8, 8), float("nan")))
+
+
+# ---------------------------------------------------------------- hub ids that cannot be fetched
+
+def test_a_hub_id_that_cannot_be_fetched_offline(monkeypatch):
+    import huggingface_hub.constants
+
+    from redraft.io.loading import load_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
+    with pytest.raises(InputError) as e:
+        load_pipeline("nobody-at-all/no-such-model-3f9c", torch.device("cpu"), torch.float32)
+    message = str(e.value)
+    assert "nobody-at-all/no-such-model-3f9c is neither a local folder nor reachable on the hub" in message
+    assert "HF_HUB_OFFLINE" in message and "local diffusers pipeline folder" in message
+    assert "stacktrace" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -70,6 +71,30 @@ def check_folder(path: Path) -> None:
                 f"files (.bin, .ckpt, .pt can run code when loaded): convert them to safetensors first.")
 
 
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What from_pretrained raises for a hub id it cannot fetch (hub errors, HTTP errors, no network)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    errors: tuple[type[BaseException], ...] = (OSError, EntryNotFoundError)
+    try:
+        import httpx
+
+        errors += (httpx.HTTPError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _unreachable(hub_id: str, error: BaseException) -> str:
+    """The message for a hub id that could not be fetched: what it is not, and the three ways out."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else \
+        f"it could not be fetched from the hub ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    return (f"{hub_id} is neither a local folder nor reachable on the hub: {why}. Give the path of a local "
+            f"diffusers pipeline folder, or allow network access to the hub, or fill the hub cache once "
+            f"(with network) and then set HF_HUB_OFFLINE=1.")
+
+
 def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype):
     """A StableDiffusionPipeline with DDIM configured from the model's own schedule and prediction type.
 
@@ -78,6 +103,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    hub_errors = _hub_errors()
     source = builtin_path() if model is None else model
     if Path(str(source)).suffix in (".ckpt", ".safetensors", ".bin", ".pt") and Path(str(source)).is_file():
         raise InputError(
@@ -90,8 +116,10 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
         pipe = StableDiffusionPipeline.from_pretrained(
             str(where), dtype=dtype, use_safetensors=True,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    except OSError as e:
-        raise InputError(f"could not load {source}: {e}") from None
+    except hub_errors as e:
+        if isinstance(where, Path):
+            raise InputError(f"could not load {source}: {e}") from None
+        raise InputError(_unreachable(where, e)) from None
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     if pipe.vae.dtype != torch.float32:
         pipe.vae.to(torch.float32)
