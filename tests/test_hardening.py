@@ -1,4 +1,13 @@
-import struct, zlib
+"""Hardening: every bad input is a clear InputError before any work, and no writer loses another's file
+(images over the pixel cap or with NaN, unreachable hub ids, racing writers, output permissions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +92,100 @@ def test_a_hub_id_that_cannot_be_fetched_offline(monkeypatch):
     assert "nobody-at-all/no-such-model-3f9c is neither a local folder nor reachable on the hub" in message
     assert "HF_HUB_OFFLINE" in message and "local diffusers pipeline folder" in message
     assert "stacktrace" not in message
+
+
+# ---------------------------------------------------------------- writing outputs
+
+def _race(path: Path, writers: int = 2, replace: bool = False) -> list:
+    """`writers` threads write to one new path at once, all past any check before any publishes."""
+    import threading
+
+    from redraft.io.files import atomic_path
+
+    ready, results = threading.Barrier(writers), [None] * writers
+
+    def write(k: int) -> None:
+        try:
+            with atomic_path(path, replace=replace) as tmp:
+                tmp.write_text(f"writer {k}")
+                ready.wait()
+            results[k] = "won"
+        except InputError as e:
+            results[k] = e
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_of_two_writers_to_one_new_path_exactly_one_wins(tmp_path):
+    for round in range(5):
+        path = tmp_path / f"out-{round}.png"
+        results = _race(path, writers=2)
+        assert results.count("won") == 1
+        loser = next(r for r in results if r != "won")
+        assert isinstance(loser, InputError) and "exists" in str(loser) and "--force" in str(loser)
+        assert path.read_text() == f"writer {results.index('won')}"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp left
+
+
+def test_replacing_writers_all_succeed(tmp_path):
+    assert _race(tmp_path / "out.json", writers=3, replace=True) == ["won"] * 3
+
+
+def test_save_image_and_write_json_without_replace(tmp_path):
+    from redraft.io.files import save_image, write_json
+
+    image = Image.new("RGB", (4, 4))
+    save_image(image, tmp_path / "a.png", replace=False)
+    write_json(tmp_path / "a.json", {"x": 1}, replace=False)
+    with pytest.raises(InputError, match=r"a.png exists; choose another output path or pass --force"):
+        save_image(image, tmp_path / "a.png", replace=False)
+    with pytest.raises(InputError, match="exists"):
+        write_json(tmp_path / "a.json", {"x": 2}, replace=False)
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    write_json(tmp_path / "a.json", {"x": 3})  # the default replaces, as before
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 3}
+
+
+def test_without_hard_links_a_writer_still_never_replaces(tmp_path, monkeypatch):
+    import errno
+
+    from redraft.io.files import atomic_path
+
+    def no_link(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    with atomic_path(tmp_path / "a.txt", replace=False) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(InputError, match="exists"):
+        with atomic_path(tmp_path / "a.txt", replace=False) as tmp:
+            tmp.write_text("second")
+    assert (tmp_path / "a.txt").read_text() == "first"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_mode_of_a_normally_created_file(tmp_path, umask, mode):
+    from redraft.io.files import save_image, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {})
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "a.png", replace=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == mode
+
+
+def test_an_overwritten_file_keeps_its_mode(tmp_path):
+    from redraft.io.files import write_json
+
+    path = write_json(tmp_path / "a.json", {})
+    path.chmod(0o640)
+    write_json(path, {"x": 1})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
