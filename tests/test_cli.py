@@ -168,3 +168,58 @@ def test_demo_refuses_to_replace_its_files_without_force(tmp_path):
     r = CliRunner().invoke(main, ["--device", "cpu", "demo", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "grid.png exists" in r.output and "--force" in r.output
     assert (tmp_path / "grid.png").read_bytes() == b"mine" and not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["invert", "IMG", "-p", "a cat", "--guidance", "nan", "-o", "OUT.safetensors"], "--guidance"),
+    (["invert", "IMG", "-p", "a cat", "--guidance", "inf", "-o", "OUT.safetensors"], "finite"),
+    (["invert", "IMG", "-p", "a cat", "--guidance", "-1", "-o", "OUT.safetensors"], "at least 0"),
+    (["invert", "IMG", "-p", "a cat", "--steps", "0", "-o", "OUT.safetensors"], "--steps"),
+    (["edit", "IMG", "-p", "a cat", "-t", "a dog", "-o", "OUT.txt"], "unknown image type '.txt'"),
+    (["edit", "IMG", "-p", "a cat", "-t", "a dog", "-o", "OUT.png"], "OUT.grid.png exists"),
+    (["generate", "-p", "a cat", "-t", "a dog", "--steps", "0", "-o", "OUT.png"], "--steps"),
+    (["attention", "IMG", "-p", "a cat", "-o", "OUT.gif"], "unknown image type"),
+    (["example", "OUT.bmp"], "unknown image type"),
+])
+def test_arguments_and_outputs_are_checked_before_the_model_loads(image, tmp_path, args, message):
+    """A model id that cannot load would be the error if anything got that far: these fail first."""
+    image.save(tmp_path / "in.png")
+    (tmp_path / "OUT.grid.png").write_bytes(b"someone's grid")
+    args = [a.replace("IMG", str(tmp_path / "in.png")).replace("OUT", str(tmp_path / "out")) for a in args]
+    if "OUT.grid.png exists" in message:
+        (tmp_path / "out.grid.png").write_bytes(b"someone's grid")
+        message = "out.grid.png exists"
+    r = CliRunner().invoke(main, ["--model", str(tmp_path / "no-such-model"), *args])
+    assert r.exit_code == 2 and message in r.output and "no-such-model" not in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.png", "OUT.grid.png"] +
+                                                                (["out.grid.png"] if "grid" in message else []))
+
+
+def test_an_inversion_saved_under_any_name_is_recognised_by_content(run, image, tmp_path):
+    image.save(tmp_path / "in.png")
+    saved = tmp_path / "scene.inv"
+    r = run("invert", str(tmp_path / "in.png"), "-p", "a photo of a cat", "--steps", "3", "-o", str(saved))
+    assert r.exit_code == 0, r.output
+    r = run("edit", str(saved), "-t", "a photo of a dog", "-o", str(tmp_path / "dog.png"))
+    assert r.exit_code == 0 and (tmp_path / "dog.png").is_file(), r.output
+    r = run("reconstruct", str(saved), "-o", str(tmp_path / "rec.png"))
+    assert r.exit_code == 0, r.output
+
+
+def test_of_two_inversions_to_one_new_path_the_second_is_refused(run, image, tmp_path, monkeypatch):
+    """The other run writes the file while this one inverts: this one fails and leaves it as it is."""
+    import redraft
+
+    image.save(tmp_path / "in.png")
+    out = tmp_path / "x.safetensors"
+    real = redraft.Editor.invert
+
+    def invert_while_another_finishes(self, *args, **kwargs):
+        inversion = real(self, *args, **kwargs)
+        out.write_bytes(b"the other run's inversion")
+        return inversion
+
+    monkeypatch.setattr(redraft.Editor, "invert", invert_while_another_finishes)
+    r = run("invert", str(tmp_path / "in.png"), "-p", "a photo of a cat", "--steps", "2", "-o", str(out))
+    assert r.exit_code == 2 and "exists" in r.output, r.output
+    assert out.read_bytes() == b"the other run's inversion" and not list(tmp_path.glob(".*tmp*"))

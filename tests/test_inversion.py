@@ -186,3 +186,20 @@ def test_a_model_folder_sets_its_default_guidance(tmp_path, tiny_folder, image):
         (folder / "redraft.json").write_text(bad)
         with pytest.raises(InputError, match="redraft.json"):
             redraft.load(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e, im: e.invert(im, "a photo of a cat", guidance_scale=float("nan")), "guidance_scale is nan"),
+    (lambda e, im: e.invert(im, "a photo of a cat", guidance_scale=float("inf")), "finite"),
+    (lambda e, im: e.invert(im, "a photo of a cat", guidance_scale=-2.0), "at least 0"),
+    (lambda e, im: e.invert(im, "a photo of a cat", steps=True), "steps is True"),
+    (lambda e, im: e.invert(im, "a photo of a cat", steps=2.5), "whole number"),
+    (lambda e, im: e.generate("a photo of a cat", guidance_scale=float("nan")), "guidance_scale is nan"),
+    (lambda e, im: e.generate("a photo of a cat", seed=-1), "seed"),
+    (lambda e, im: e.generate(["a photo of a cat", "a photo of a dog"], flavour=2), "the controls are: kind"),
+])
+def test_bad_numbers_and_names_are_refused_before_any_work(editor, image, call, message):
+    editor.unet.reset()
+    with pytest.raises(InputError, match=message):
+        call(editor, image)
+    assert editor.unet.forward == 0

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import checks
 from .core.ddim import Schedule
 from .core.prompts import check_prompt, encode_prompts
 from .core.sampling import CountedUNet, denoise
@@ -75,10 +76,16 @@ class Editor:
         return self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
 
     def schedule(self, steps: int) -> Schedule:
-        if not isinstance(steps, int) or steps < 1 or steps > self.pipeline.scheduler.config.num_train_timesteps:
-            raise InputError(f"steps must be a whole number from 1 to "
-                             f"{self.pipeline.scheduler.config.num_train_timesteps}; got {steps!r}.")
+        steps = checks.whole("steps", steps, 1, self.pipeline.scheduler.config.num_train_timesteps,
+                             fix="50 is the usual number")
         return Schedule.from_scheduler(self.pipeline.scheduler, steps)
+
+    def guidance(self, guidance_scale: float | None) -> float:
+        """The guidance scale to use: the editor's for None, else a finite number of at least 0."""
+        if guidance_scale is None:
+            return self.guidance_scale
+        return checks.finite("guidance_scale", guidance_scale, 0,
+                             fix=f"this model's default is {self.guidance_scale:g} (1 turns guidance off)")
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
@@ -135,7 +142,9 @@ class Editor:
         `global_null=True` optimises one embedding for all steps), or "negative-prompt" (Miyake et al.).
         `guidance_scale`: None is the editor's (the model's default).
         """
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_scale = self.guidance(guidance_scale)
+        self.schedule(steps)  # checked before any work
+        inner_steps = checks.whole("inner_steps", inner_steps, 0)
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         if null_init not in ("null", "source"):
@@ -222,7 +231,8 @@ class Editor:
         Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's.
         """
         controls = Controls.make(controls, **overrides)
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_scale = self.guidance(guidance_scale)
+        seed = checks.whole("seed", seed, 0)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if controls.skip_steps:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "

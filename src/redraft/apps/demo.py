@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..bench.shapes import POSITION_TOLERANCE, shift_of
 from ..io.draw import grid
 from ..io.files import save_image, write_json
 from ..eval.metrics import psnr
 from ..shapes import world
+from ..shapes.world import POSITION_TOLERANCE, shift_of
 from ..shapes.editing import EDITING, EDITING_BY_KIND, editing
 
 OUTPUTS = ("grid.png", "attention.png", "summary.json")  # what the demo writes in its folder

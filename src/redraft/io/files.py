@@ -126,7 +126,7 @@ def save_image(image, path: str | Path, metadata: dict | None = None, replace: b
     (JSON values) goes into a PNG's "redraft" text entry: what made the picture (prompts, controls),
     so it can be made again."""
     path = Path(path)
-    fmt = _format(path)
+    fmt = image_format(path)
     options = {}
     if metadata is not None and fmt == "PNG":
         from PIL.PngImagePlugin import PngInfo
@@ -138,11 +138,21 @@ def save_image(image, path: str | Path, metadata: dict | None = None, replace: b
     return path
 
 
-def _format(path: Path) -> str:
+def image_format(path: str | Path) -> str:
+    """PIL's format name for an output path's suffix, or an InputError that lists the suffixes."""
+    path = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: unknown image type {path.suffix!r}; use .png, .jpg or .webp.")
     return fmt
+
+
+def check_output(path: str | Path, force: bool, image: bool = True) -> Path:
+    """An output path checked before any work: an image type (`image`) that does not exist (unless `force`)."""
+    if image:
+        image_format(path)
+    refuse_overwrite(path, force)
+    return Path(path)
 
 
 def refuse_overwrite(path: str | Path, force: bool) -> None:

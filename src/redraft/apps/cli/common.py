@@ -44,3 +44,20 @@ def editor_from(ctx):
     from ... import load
 
     return load(ctx.obj["model"], device=ctx.obj["device"], describer=ctx.obj.get("describer"))
+
+
+def finite_guidance(ctx, param, value):
+    """--guidance: a finite number of at least 0 (None: the model's own), checked before any work."""
+    from ...checks import finite
+
+    if value is None:
+        return None
+    try:
+        return finite("--guidance", value, 0, fix="leave it out for the model's own (7.5 for SD, 4 for the built-in model)")
+    except InputError as e:
+        raise click.BadParameter(str(e).removeprefix("--guidance is "), ctx, param) from None
+
+
+GUIDANCE = dict(type=float, default=None, callback=finite_guidance,
+                help="classifier-free guidance scale, 0 or more (default: the model's; 7.5 for SD).")
+STEPS = dict(type=click.IntRange(1, 1000), default=50, show_default=True, help="sampling steps (1 to 1000).")

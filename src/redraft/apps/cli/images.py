@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ...errors import InputError
-from .common import METHOD, editor_from, friendly, main
+from .common import GUIDANCE, METHOD, STEPS, editor_from, friendly, main
 from .controls import control_options, controls_from
 
 
@@ -16,9 +16,8 @@ from .controls import control_options, controls_from
 @click.argument("image")
 @click.option("--prompt", "-p", default=None, help="the text that describes the image (default: its description).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
-@click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", type=click.FloatRange(min=0), default=None,
-              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@click.option("--steps", **STEPS)
+@click.option("--guidance", **GUIDANCE)
 @click.option("--null-init", type=click.Choice(["null", "source"]), default="null", show_default=True,
               help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
 @click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
@@ -29,15 +28,15 @@ from .controls import control_options, controls_from
 @friendly
 def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, output, force):
     """Invert IMAGE: save the trajectory that regenerates it."""
-    from ...io.files import refuse_overwrite
+    from ...io.files import check_output
     from ...io.image import load_image
 
-    refuse_overwrite(output, force)
+    check_output(output, force, image=False)  # any name: `edit` and `reconstruct` recognise the file by content
     load_image(image)  # fail on a bad image before loading the model
     editor = editor_from(ctx)
     inv = editor.invert(image, prompt, method=method, steps=steps, guidance_scale=guidance,
                         null_init=null_init, global_null=global_null, keep_aspect=keep_aspect)
-    inv.save(output)
+    inv.save(output, replace=force)  # of two runs writing one new path, exactly one wins
     if prompt is None:
         click.echo(f"described as: {inv.prompt}")
     c = inv.cost
@@ -53,15 +52,15 @@ def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, 
 @friendly
 def reconstruct(ctx, inversion, output, force):
     """Regenerate the image of a saved INVERSION."""
-    from ...io.files import refuse_overwrite, save_image
-    from ...io.inversion_file import Inversion
     from ...eval.metrics import psnr
+    from ...io.files import check_output, save_image
+    from ...io.inversion_file import Inversion
 
-    refuse_overwrite(output, force)
+    check_output(output, force)
     inv = Inversion.load(inversion)
     editor = editor_from(ctx)
     image = editor.reconstruct(inv)
-    save_image(image, output)
+    save_image(image, output, replace=force)
     click.echo(f"wrote {output} (PSNR {psnr(inv.image, image):.2f} dB against the inverted input)")
 
 def edit_outputs(fn):
@@ -77,11 +76,13 @@ def edit_outputs(fn):
 
 
 def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt: bool = True) -> bool:
-    """SOURCE is a saved inversion (.safetensors), or an image that needs --prompt (unless it can be
+    """SOURCE is a saved inversion (recognised by its content, whatever its name; a .safetensors that is
+    not one is refused by `Inversion.load`), or an image that needs --prompt (unless it can be
     described: `needs_prompt=False`); checked before loading a model."""
     from ...io.image import load_image
+    from ...io.inversion_file import is_inversion_file
 
-    if source.endswith(".safetensors"):
+    if source.endswith(".safetensors") or is_inversion_file(source):
         return True
     load_image(source)
     if needs_prompt and not prompt:
@@ -89,21 +90,30 @@ def is_saved_inversion(source: str, prompt: str | None, what: str, needs_prompt:
     return False
 
 
+def grid_path_of(output: str) -> Path:
+    out = Path(output)
+    return out.with_name(out.stem + ".grid.png")
+
+
+def check_edit_outputs(output: str, force: bool) -> None:
+    """The edit's PNG and its grid: image types that do not exist (unless --force), before any work."""
+    from ...io.files import check_output
+
+    check_output(output, force)
+    check_output(grid_path_of(output), force)
 
 
 def write_edit_outputs(result, first: list, first_captions: list[str], output: str, force: bool, **metadata) -> None:
     """The last edit at `output` and a grid of `first` pictures, then every branch, beside it; both PNGs
     carry the prompts and controls that made them (`Controls.load` reads them back)."""
     from ...io.draw import grid
-    from ...io.files import refuse_overwrite, save_image
+    from ...io.files import save_image
 
-    out = Path(output)
-    grid_path = out.with_name(out.stem + ".grid.png")
-    refuse_overwrite(grid_path, force)
+    out, grid_path = Path(output), grid_path_of(output)
     meta = result.metadata(**metadata)
-    save_image(result[-1], out, metadata=meta)
+    save_image(result[-1], out, metadata=meta, replace=force)
     captions = first_captions + [f"edit: {p}" for p in result.prompts[1:]]
-    save_image(grid([*first, *result], captions), grid_path, metadata=meta)
+    save_image(grid([*first, *result], captions), grid_path, metadata=meta, replace=force)
     click.echo(f"wrote {out} and {grid_path}")
 
 
@@ -117,7 +127,7 @@ def echo_controls(controls) -> None:
 @click.option("--prompt", "-p", default=None,
               help="source prompt (an image without one is described first; an inversion has its own).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
-@click.option("--steps", default=50, show_default=True)
+@click.option("--steps", **STEPS)
 @click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
 @edit_outputs
 @control_options()
@@ -127,10 +137,9 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, **o
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from PIL import Image
 
-    from ...io.files import refuse_overwrite
     from ...io.inversion_file import Inversion
 
-    refuse_overwrite(output, force)
+    check_edit_outputs(output, force)
     controls = controls_from(options)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     editor = editor_from(ctx)
@@ -147,18 +156,15 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, **o
 @main.command()
 @click.option("--prompt", "-p", required=True, help="source prompt.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", type=click.FloatRange(min=0), default=None,
-              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@click.option("--steps", **STEPS)
+@click.option("--guidance", **GUIDANCE)
 @edit_outputs
 @control_options(generation=True)
 @click.pass_context
 @friendly
 def generate(ctx, prompt, seed, steps, guidance, targets, output, force, **options):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
-    from ...io.files import refuse_overwrite
-
-    refuse_overwrite(output, force)
+    check_edit_outputs(output, force)
     controls = controls_from(options)
     editor = editor_from(ctx)
     echo_controls(controls)
@@ -170,20 +176,20 @@ def generate(ctx, prompt, seed, steps, guidance, targets, output, force, **optio
 @click.argument("source")
 @click.option("--prompt", "-p", default=None, help="the image's prompt (an inversion has its own).")
 @click.option("--resolution", default=None, type=int, help="map size (default: every size the UNet has, averaged).")
-@click.option("--steps", default=50, show_default=True)
+@click.option("--steps", **STEPS)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the PNG to write.")
 @click.option("--force", is_flag=True, help="replace the output if it exists.")
 @click.pass_context
 @friendly
 def attention(ctx, source, prompt, resolution, steps, output, force):
     """Per-word cross-attention heat maps over an image (or a saved inversion)."""
-    from ...io.files import refuse_overwrite, save_image
+    from ...io.files import check_output, save_image
     from ...io.inversion_file import Inversion
 
-    refuse_overwrite(output, force)
+    check_output(output, force)
     is_inversion = is_saved_inversion(source, prompt, "drawing attention maps")
     editor = editor_from(ctx)
     maps = editor.attention_maps(Inversion.load(source) if is_inversion else source, prompt,
                                  resolution=resolution, steps=steps)
-    save_image(maps.draw(), output)
+    save_image(maps.draw(), output, replace=force)
     click.echo(f"wrote {output} ({len(maps.words)} words, maps {maps.maps.shape[1]}x{maps.maps.shape[2]})")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ...errors import InputError
-from .common import METHOD, editor_from, friendly, main
+from .common import GUIDANCE, METHOD, STEPS, editor_from, friendly, main
 from .controls import control_options, controls_given
 
 
@@ -64,9 +64,8 @@ def describe(ctx, images, k, as_json):
               help="PIE-Bench: its annotation_images folder (default: beside mapping_file.json).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True,
               help="inversion method of the items that set none.")
-@click.option("--steps", default=50, show_default=True)
-@click.option("--guidance", type=click.FloatRange(min=0), default=None,
-              help="classifier-free guidance scale (default: the model's; 7.5 for SD).")
+@click.option("--steps", **STEPS)
+@click.option("--guidance", **GUIDANCE)
 @click.option("--direct", is_flag=True, help="Direct Inversion for the items that set none (with --method ddim).")
 @click.option("--clip", default=None, help="CLIP weights for CLIP scores (e.g. openai/clip-vit-large-patch14).")
 @click.option("--dino", default=None, help="DINO ViT weights for structure distance (e.g. facebook/dino-vitb8).")
@@ -123,3 +122,35 @@ def serve(ctx, host, port):
     from ..web import serve as run
 
     run(editor_from(ctx), host=host, port=port)
+
+
+@main.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="replace OUTPUT if it exists.")
+@friendly
+def example(output, force):
+    """Write a held-out scene of the built-in model to OUTPUT (the README's scene.png) and print its prompt."""
+    from ...io.files import check_output, save_image
+    from ...shapes import world
+
+    scene = world.Scene("circle", "red", "large", "white", 31, 30)  # never seen in training (scene.split == "test")
+    check_output(output, force)
+    save_image(world.render(scene), output, replace=force)
+    click.echo(f"wrote {output}: {scene.prompt()} (held out from training: {scene.split == 'test'})")
+
+
+@main.command()
+@click.pass_context
+@friendly
+def vocabulary(ctx):
+    """The words the model's tokenizer knows (a word-level one, as the built-in model's), or that it reads any text."""
+    from ...core.prompts import known_words
+
+    tokenizer = editor_from(ctx).pipeline.tokenizer
+    words = known_words(tokenizer)
+    limit = tokenizer.model_max_length - 2
+    if words is None:
+        click.echo(f"this model's tokenizer reads any text (sub-word pieces), up to {limit} tokens.")
+        return
+    click.echo(f"this model knows {len(words)} words and reads at most {limit} of them:")
+    click.echo(" ".join(words))
