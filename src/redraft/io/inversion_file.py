@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import struct
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..checks import finite, whole
 from ..errors import InputError
+from ..inversions import METHODS
 from .files import atomic_path
 
-from ..inversions import METHODS
 FORMAT = "redraft.inversion/1"
+TENSORS = ("pivots", "null_embeddings", "prompt_embedding", "image")  # also the checksum's order
+FIELDS = ("method", "prompt", "steps", "guidance_scale", "model_id", "model_fingerprint", "options", "cost")
 
 
 @dataclass
@@ -58,11 +64,11 @@ class Inversion:
         """The unconditional embedding of step i."""
         return self.null_embeddings[i if len(self.null_embeddings) > 1 else 0]
 
-    def save(self, path: str | Path) -> Path:
-        """Tensors in safetensors, the rest as JSON in its header; written atomically."""
+    def save(self, path: str | Path, replace: bool = True) -> Path:
+        """Tensors in safetensors, the rest as JSON in its header with the tensors' checksum; written
+        atomically (`replace`: as in `atomic_path`)."""
         path = Path(path)
-        meta = {k: getattr(self, k) for k in ("method", "prompt", "steps", "guidance_scale", "model_id",
-                                              "model_fingerprint", "options")}
+        meta = {k: getattr(self, k) for k in FIELDS if k != "cost"}
         meta["cost"] = asdict(self.cost)
         tensors = {
             "pivots": self.pivots.float().clone(memory_format=torch.contiguous_format),
@@ -70,12 +76,14 @@ class Inversion:
             "prompt_embedding": self.prompt_embedding.float().clone(memory_format=torch.contiguous_format),
             "image": torch.from_numpy(np.array(self.image, dtype=np.uint8)),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "inversion": json.dumps(meta)})
+        header = {"format": FORMAT, "inversion": json.dumps(meta), "sha256": checksum(tensors)}
+        with atomic_path(path, replace) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Inversion":
+        """The inversion saved at `path`, checked: its fields, its tensors' shapes, its checksum."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such file; give the file written by `redraft invert`.")
@@ -87,8 +95,9 @@ class Inversion:
             raise InputError(f"{path} is not a saved inversion (not a safetensors file: {e}).") from None
         if header.get("format") != FORMAT:
             raise InputError(f"{path} is a safetensors file but not a redraft inversion (format {header.get('format')!r}).")
-        meta = json.loads(header["inversion"])
-        meta["cost"] = Cost(**meta["cost"])
+        meta = _metadata(path, header)
+        _check_tensors(path, tensors, meta["steps"])
+        _check_checksum(path, header.get("sha256"), tensors)
         return cls(**meta, pivots=tensors["pivots"], null_embeddings=tensors["null_embeddings"],
                    prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy())
 
@@ -103,3 +112,92 @@ class Inversion:
             raise InputError(
                 f"this inversion has {self.steps} steps; it cannot be replayed with {steps}. "
                 f"Leave steps unset, or invert again with steps={steps}.")
+
+
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the saved tensors, in the order of TENSORS: each one's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name in TENSORS:
+        t = tensors[name].contiguous()
+        h.update(f"{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def is_inversion_file(path: str | Path) -> bool:
+    """Whether `path` is a saved inversion, from its content (any suffix): the format tag in the
+    safetensors header (8 bytes of header length, then JSON), read without loading any tensor."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:  # safetensors' own header limit
+                return False
+            header = json.loads(f.read(n))
+        return header.get("__metadata__", {}).get("format") == FORMAT
+    except (OSError, struct.error, ValueError, AttributeError):
+        return False
+
+
+def _metadata(path: Path, header: dict) -> dict:
+    """The inversion's fields from the file's header, checked to be all there and of the right kinds."""
+    forged = f"{path} is not an inversion that `redraft invert` wrote"
+    if "inversion" not in header:
+        raise InputError(f"{forged}: its header has no inversion metadata ({', '.join(FIELDS)}). "
+                         f"Invert the image again.")
+    try:
+        meta = json.loads(header["inversion"])
+    except ValueError:
+        raise InputError(f"{forged}: its metadata is not JSON. Invert the image again.") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{forged}: its metadata is not a JSON object. Invert the image again.")
+    missing = [k for k in FIELDS if k not in meta]
+    if missing:
+        raise InputError(f"{forged}: its metadata has no {', '.join(missing)}. Invert the image again.")
+    meta = {k: meta[k] for k in FIELDS}  # fields a later version adds are left out
+    if meta["method"] not in METHODS:
+        raise InputError(f"{forged}: its method is {meta['method']!r}, not one of {', '.join(METHODS)}.")
+    for name in ("prompt", "model_id", "model_fingerprint"):
+        if not isinstance(meta[name], str):
+            raise InputError(f"{forged}: its {name} is {meta[name]!r}, not text. Invert the image again.")
+    meta["steps"] = whole(f"{path}: steps", meta["steps"], fix="invert the image again")
+    meta["guidance_scale"] = finite(f"{path}: guidance_scale", meta["guidance_scale"], minimum=0,
+                                    fix="invert the image again")
+    if not isinstance(meta["options"], dict):
+        raise InputError(f"{forged}: its options are {meta['options']!r}, not a JSON object. Invert the image again.")
+    try:
+        meta["cost"] = Cost(**meta["cost"])
+    except TypeError:
+        raise InputError(f"{forged}: its cost is {meta['cost']!r}, not {asdict(Cost())}. Invert the image again.") from None
+    return meta
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], steps: int) -> None:
+    """Refuse tensors that are missing, or whose shapes do not fit `steps` and one another."""
+    missing = [k for k in TENSORS if k not in tensors]
+    if missing:
+        raise InputError(f"{path} is not an inversion that `redraft invert` wrote: it has no "
+                         f"{', '.join(missing)} tensor. Invert the image again.")
+    pivots, nulls, prompt, image = (tensors[k] for k in TENSORS)
+    length, width = prompt.shape if prompt.ndim == 2 else (None, None)
+    expected = {
+        "pivots": (pivots.ndim == 4 and len(pivots) == steps + 1, f"[{steps + 1}, C, H, W]"),
+        "prompt_embedding": (prompt.ndim == 2, "[L, D]"),
+        "null_embeddings": (nulls.ndim == 3 and len(nulls) in (steps, 1) and tuple(nulls.shape[1:]) == (length, width),
+                            f"[{steps} or 1, {length}, {width}] (as its prompt_embedding [L, D])"),
+        "image": (image.ndim == 3 and image.shape[-1] == 3 and image.dtype == torch.uint8, "uint8 [H, W, 3]"),
+    }
+    for name, (ok, shape) in expected.items():
+        if not ok:
+            raise InputError(f"{path}: its {name} is {str(tensors[name].dtype).removeprefix('torch.')} "
+                             f"{list(tensors[name].shape)}, but an inversion of {steps} steps has {shape}; "
+                             f"the file was changed or damaged. Invert the image again.")
+
+
+def _check_checksum(path: Path, saved: str | None, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors changed since they were saved; files from before checksums load with a warning."""
+    if saved is None:
+        warnings.warn(f"{path} has no checksum (saved by an older redraft), so changes to its tensors "
+                      f"cannot be detected; save it again to add one.", stacklevel=3)
+    elif saved != checksum(tensors):
+        raise InputError(f"{path}: its tensors were changed since it was saved (their checksum does not "
+                         f"match). Invert the image again, or restore the file from where it came from.")
