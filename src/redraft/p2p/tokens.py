@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from ..core.prompts import check_prompt
 from ..errors import InputError
 
 DEFAULT = "default_"  # the key of the window of all other tokens in a per-word step-window dict
@@ -46,13 +47,7 @@ def _positions(pieces: list[list[int]]) -> list[list[int]]:
 
 def _tokens(tokenizer, prompt: str, max_len: int) -> list[int]:
     """All token ids of the prompt, start and end tokens included; InputError if they do not fit in max_len."""
-    _check_text(prompt, "prompt")
-    ids = tokenizer(prompt).input_ids
-    if len(ids) > max_len:
-        raise InputError(
-            f"the prompt '{prompt}' has {len(ids) - 2} tokens, but at most {max_len - 2} fit "
-            f"({max_len} with the start and end tokens); shorten it by {len(ids) - max_len} tokens.")
-    return ids
+    return check_prompt(tokenizer, prompt, limit=max_len)
 
 
 def _normal(word: str) -> str:
