@@ -23,7 +23,7 @@ install_cpu_torch() {
     local started=$SECONDS
     if [ "$CPU_INDEX" != "default" ] && reachable "$CPU_INDEX"; then
         if python -m pip install -q --index-url "$CPU_INDEX" "$TORCH"; then
-            echo "setup: $TORCH from PyTorch's CPU index $CPU_INDEX" >&2
+            echo "setup: $TORCH from the CPU index $CPU_INDEX" >&2
             return
         fi
         echo "setup: installing $TORCH from $CPU_INDEX failed; trying the default index" >&2
