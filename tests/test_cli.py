@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from redraft.apps.cli import main
@@ -223,3 +225,17 @@ def test_of_two_inversions_to_one_new_path_the_second_is_refused(run, image, tmp
     r = run("invert", str(tmp_path / "in.png"), "-p", "a photo of a cat", "--steps", "2", "-o", str(out))
     assert r.exit_code == 2 and "exists" in r.output, r.output
     assert out.read_bytes() == b"the other run's inversion" and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_the_newcomers_first_commands(tmp_path):
+    """`redraft example` writes the README's scene.png (a held-out scene) and `redraft vocabulary` lists
+    the built-in model's words, which the README's prompts use."""
+    from redraft.shapes import world
+
+    r = CliRunner().invoke(main, ["--device", "cpu", "example", str(tmp_path / "scene.png")])
+    assert r.exit_code == 0 and "a large red circle on a white background (held out from training: True)" in r.output
+    assert world.read(np.asarray(Image.open(tmp_path / "scene.png"))).shape == "circle"
+    r = CliRunner().invoke(main, ["--device", "cpu", "vocabulary"])
+    assert r.exit_code == 0 and "reads at most 14" in r.output, r.output
+    words = r.output.strip().splitlines()[-1].split()
+    assert {"red", "circle", "white", "background", "large"} <= set(words) and "cat" not in words
