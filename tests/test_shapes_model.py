@@ -184,7 +184,7 @@ def test_a_recipe_with_16_token_positions_makes_a_working_pipeline(tmp_path):
     source, target = "a red circle on a white background", "a blue circle on a white background"
     images = editor.generate([source, target], steps=3, progress=False, reweight={"blue": 2.0})
     assert len(images) == 2 and images[1].size == (world.CANVAS, world.CANVAS)
-    assert editor.last_attention.cross_maps().shape[-1] == 16
+    assert images.attention.cross_maps().shape[-1] == 16
     with pytest.raises(InputError, match="16"):
         editor.generate("a red circle " * 6, steps=2, progress=False)
 
