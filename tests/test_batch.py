@@ -340,3 +340,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused_at_once(tiny_folder, tmp_p
         assert not (out / "items").exists()
     r = _batch(tiny_folder, str(manifest), "-o", str(out))
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("value, message", [("nan", "guidance is nan"), ("inf", "finite"), ("-1", "at least 0")])
+def test_a_bad_guidance_fails_its_item(tmp_path, value, message):
+    (tmp_path / "m.csv").write_text(f"image,prompt,target,guidance\nim.png,a cat,a dog,{value}\n")
+    (item,) = B.read_manifest(tmp_path / "m.csv")
+    assert message in item.error

@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ...checks import finite, whole
 from ...errors import InputError
 from ...inversions import METHODS
 from ...p2p.controls import Controls
@@ -147,8 +148,6 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
             raise InputError(f"unknown method {item.method!r}; use {', '.join(METHODS)}.")
         item.steps = _number(record, "steps", defaults.steps, int)
         item.guidance = _number(record, "guidance", defaults.guidance, float)
-        if item.guidance is not None and item.guidance < 0:
-            raise InputError(f"guidance must be 0 or more; got {item.guidance}.")
         item.direct = _flag(record.get("direct", defaults.direct))
         item.controls = _controls(record, root, defaults, pie_bench=False)
         mask = record.get("mask")
@@ -169,10 +168,8 @@ def _number(record: dict, key: str, default, kind):
     except (TypeError, ValueError):
         raise InputError(f"{key} must be a number; got {value!r}.") from None
     if kind is int:
-        if not number.is_integer():
-            raise InputError(f"{key} must be a whole number; got {value!r}.")
-        return int(number)
-    return number
+        return whole(key, number, 1)
+    return finite(key, number, 0)
 
 
 def _flag(value) -> bool:

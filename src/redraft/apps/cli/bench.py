@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from ...errors import InputError
+from ...p2p.controls import Controls
 from .common import editor_from, friendly, main
+
+PAPER = Controls()  # the defaults of the benchmarks' edits: the P2P paper's
 
 
 @main.group(invoke_without_command=True)
@@ -57,8 +60,8 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--describe", "n_describe", default=256, show_default=True, help="scenes to describe (0: none).")
 @click.option("--methods", default="negative-prompt,direct,null-text", show_default=True,
               help="inversion methods to edit from; direct = Direct Inversion over DDIM.")
-@click.option("--self-steps", default=0.4, show_default=True, help="self_replace_steps of the edits.")
-@click.option("--cross-steps", default=0.8, show_default=True, help="cross_replace_steps of the edits.")
+@click.option("--self-steps", default=PAPER.self_replace_steps, show_default=True, help="self_replace_steps of the edits.")
+@click.option("--cross-steps", default=PAPER.cross_replace_steps, show_default=True, help="cross_replace_steps of the edits.")
 @click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
 @click.option("--self-resolution", type=click.IntRange(min=0), default=None,
               help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
