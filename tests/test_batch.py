@@ -144,8 +144,8 @@ def test_bad_items_fail_alone_and_resume_retries_only_them(tiny_folder, tmp_path
     errors = {k: row["error"] for k, row in rows.items()}
     assert rows["good"]["status"] == "ok" and errors["good"] == ""
     assert "no such file" in errors["missing"]
-    assert "source prompt has" in errors["long-source"] and "tokens" in errors["long-source"]
-    assert "target prompt has" in errors["long-target"]
+    assert "source prompt" in errors["long-source"] and "has 90 tokens" in errors["long-source"]
+    assert "target prompt" in errors["long-target"] and "has 90 tokens" in errors["long-target"]
     assert "words" in errors["bad-kind"]
     assert "has no describer" in errors["no-prompt"] and "give the source prompt" in errors["no-prompt"]
     assert all(rows[k]["status"] == "failed" for k in errors if k != "good")
