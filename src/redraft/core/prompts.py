@@ -24,11 +24,11 @@ def check_prompt(tokenizer, prompt: str, *, what: str = "prompt", allow_empty: b
     ids = tokenizer(prompt).input_ids
     limit = tokenizer.model_max_length if limit is None else limit
     if len(ids) > limit:
-        raise InputError(f"the {what} '{prompt}' has {len(ids) - 2} tokens, but the text encoder reads at most "
+        raise InputError(f"the {what} has {len(ids) - 2} tokens, but the text encoder reads at most "
                          f"{limit - 2} ({limit} with its start and end tokens)" + _too_long(tokenizer, prompt, len(ids) - limit))
     unknown = _unk_words(tokenizer, prompt)
     if unknown:
-        raise InputError(f"the {what} '{prompt}' has words the model does not know: {', '.join(unknown)}; "
+        raise InputError(f"the {what} has words the model does not know: {', '.join(unknown)}; "
                          f"{_use_known(tokenizer)}")
     return ids
 

@@ -47,7 +47,8 @@ def _positions(pieces: list[list[int]]) -> list[list[int]]:
 
 def _tokens(tokenizer, prompt: str, max_len: int) -> list[int]:
     """All token ids of the prompt, start and end tokens included; InputError if they do not fit in max_len."""
-    return check_prompt(tokenizer, prompt, limit=max_len)
+    _check_text(prompt, "prompt")
+    return check_prompt(tokenizer, prompt, what=f"prompt '{prompt}'", limit=max_len)
 
 
 def _normal(word: str) -> str:
