@@ -23,6 +23,7 @@ from .inversions.direct import on_pivot
 from .inversions.null_text import null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
+from .io.mask import MaskLike, load_mask
 from .io.loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
 from .p2p import tokens as W
 from .p2p.attention import AttentionControl, controlled
@@ -31,6 +32,7 @@ from .p2p.controls import Controls
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
 from .p2p.plan import plan, skipped_steps
+from .p2p.region import LatentBlend, Region, check_keep_outside
 from .p2p.renoise import Renoise
 from .results import EditResult, WordMaps
 
@@ -223,12 +225,14 @@ class Editor:
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
-                 controls: Controls | None = None, **overrides) -> EditResult:
+                 controls: Controls | None = None, mask: MaskLike | None = None, keep_outside: str = "pixels",
+                 **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
         None: the paper's), with `overrides` set field by field (`cross_replace_steps=0.6`, ...).
         Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's.
+        `mask` confines the edits to a region, as in `edit`; what is kept is the source branch's image.
         """
         controls = Controls.make(controls, **overrides)
         guidance_scale = self.guidance(guidance_scale)
@@ -241,17 +245,27 @@ class Editor:
         cond = self.embed(prompts)
         uncond = self.embed([negative_prompt] * len(prompts))
         x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
-        return self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
-                         "generation")
+        region = self._region(mask, keep_outside, (self.resolution,) * 2, tuple(x_T.shape[-2:]))
+        result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
+                           "generation", region=region and LatentBlend.on_source_branch(region.latent))
+        return self._finish_region(result, region, None)
 
     def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
-             progress: bool = True, controls: Controls | None = None, **overrides) -> EditResult:
+             progress: bool = True, controls: Controls | None = None, mask: MaskLike | None = None,
+             keep_outside: str = "pixels", **overrides) -> EditResult:
         """Edit an inverted image by editing its prompt: an `EditResult` [source branch, edit 1, ...].
 
         All branches start from the inversion's x_T (or its pivot at `skip_steps`) and use its per-step
         unconditional embeddings (null-text: the optimised ones; negative-prompt: the source prompt's).
         The source branch reproduces `reconstruct(inversion)`. `controls` (None: the paper's) with
         `overrides` set field by field. `direct=True` is Direct Inversion (`inversions.direct`).
+
+        `mask` (a PIL image, an array or a path; white or True = may change, soft values allowed; resized
+        to the inversion's image when only its size differs, `io.mask`) confines every edit to a region
+        (`p2p.region`, Blended Latent Diffusion, Avrahami et al. 2023): after each step an edit's latent
+        outside the mask is the inversion's pivot at that step, then (`keep_outside="pixels"`) the
+        pixels outside the slightly grown, feathered mask are the input image's own; `"latents"` keeps
+        the latent blend only. With LocalBlend, the mask bounds its region.
         """
         controls = Controls.make(controls, **overrides)
         inversion.check_compatible(self.fingerprint, self.model_id)
@@ -268,8 +282,11 @@ class Editor:
         start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
-        return self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
-                         on_pivot(pivots) if direct else None, progress, "editing", start=start)
+        region = self._region(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]))
+        result = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
+                           on_pivot(pivots) if direct else None, progress, "editing", start=start,
+                           region=region and LatentBlend.on_pivots(region.latent, pivots))
+        return self._finish_region(result, region, inversion.image)
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
                        steps: int = 50, progress: bool = True) -> WordMaps:
@@ -312,9 +329,9 @@ class Editor:
             self.unet = saved
 
     def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, reset,
-             progress: bool, desc: str, start: int = 0) -> EditResult:
+             progress: bool, desc: str, start: int = 0, region: LatentBlend | None = None) -> EditResult:
         """The one sampling loop with attention control, from `z_start` at step `start`; `reset(i, z)` is
-        Direct Inversion's callback (or None)."""
+        Direct Inversion's callback (or None); `region` the user mask's blend, after LocalBlend's."""
         started = time.perf_counter()
         self.unet.reset()
         tokenizer, steps = self.pipeline.tokenizer, schedule.steps
@@ -328,7 +345,7 @@ class Editor:
             if editing and controls.renoise_step is not None else None
         features = W.step_window(controls.feature_replace_steps, steps) \
             if editing and controls.feature_replace_steps else None
-        callbacks = [fn for fn in (reset, blend) if fn is not None]
+        callbacks = [fn for fn in (reset, blend, region) if fn is not None]
 
         def callback(i: int, z: torch.Tensor):
             for fn in callbacks:
@@ -341,8 +358,27 @@ class Editor:
             z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
                         noise=renoise, start=start, progress=progress, desc=desc)
         images = self.decode(z)
-        return EditResult(images, list(prompts), controls, control, z, blend.mask if blend is not None else None,
+        blend_mask = blend.mask if blend is not None else None
+        if blend_mask is not None and region is not None:  # the user's mask bounds LocalBlend's region
+            blend_mask = blend_mask & (region.mask > 0)
+        return EditResult(images, list(prompts), controls, control, z, blend_mask,
                           self.unet.forward, self.unet.backward, time.perf_counter() - started)
+
+    def _region(self, mask, keep_outside: str, image_hw: tuple[int, int], latent_hw) -> Region | None:
+        """The user's mask at the image's size (`io.mask.load_mask`) and what it blends, or None."""
+        check_keep_outside(keep_outside)
+        if mask is None:
+            return None
+        pixels = load_mask(mask, (image_hw[1], image_hw[0]))
+        return Region.make(pixels, latent_hw, self.pipeline.vae_scale_factor, keep_outside, self.device)
+
+    @staticmethod
+    def _finish_region(result: EditResult, region: Region | None, original) -> EditResult:
+        """The edits' pixels outside the mask's band from `original` (None: the source branch's image)."""
+        if region is not None:
+            result.images = region.finish(result.images, result.images[0] if original is None else original)
+            result.region = region
+        return result
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""

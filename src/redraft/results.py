@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from .p2p.attention import AttentionControl
+from .p2p.region import Region
 from .p2p.controls import Controls
 
 
@@ -21,7 +22,9 @@ class EditResult:
     prompt), images[k] the edit towards prompts[k]. It indexes and unpacks like that list of images:
     `source, edit = editor.edit(inv, target)`, `result[-1]` the last edit. `attention` is the cross-
     attention store of the run (maps per prompt: `Editor.word_maps(result, row=k)`); `blend_mask`
-    [B, 1, h, w] is LocalBlend's last region (True: may change), None without LocalBlend.
+    [B, 1, h, w] is LocalBlend's last region (True: may change), None without LocalBlend. With a user
+    mask, `region` holds it (`p2p.region.Region`) and the edits' pixels outside its band are the input's,
+    so that `images[k]` is then no longer exactly the decoded `latents[k]`.
     """
 
     images: list[Image.Image]
@@ -33,6 +36,7 @@ class EditResult:
     unet_forward: int = 0  # UNet passes, one latent each (the floor of an edit of B prompts: B per step)
     unet_backward: int = 0
     seconds: float = 0.0
+    region: "Region | None" = field(default=None, repr=False)  # the user's mask (`p2p.region`), None without one
 
     def __getitem__(self, index):
         return self.images[index]
