@@ -32,7 +32,7 @@ from .p2p.controls import Controls
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
 from .p2p.plan import plan, skipped_steps
-from .p2p.region import LatentBlend, Region, check_keep_outside
+from .p2p.region import LatentBlend, Region, check_keep_outside, stop_step
 from .p2p.renoise import Renoise
 from .results import EditResult, WordMaps
 
@@ -226,7 +226,7 @@ class Editor:
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
                  controls: Controls | None = None, mask: MaskLike | None = None, keep_outside: str = "pixels",
-                 **overrides) -> EditResult:
+                 mask_stop: float = 1.0, **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
@@ -247,12 +247,13 @@ class Editor:
         x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
         region = self._region(mask, keep_outside, (self.resolution,) * 2, tuple(x_T.shape[-2:]))
         result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
-                           "generation", region=region and LatentBlend.on_source_branch(region.latent))
+                           "generation", region=region and LatentBlend.on_source_branch(
+                               region.latent, stop_step(mask_stop, steps)))
         return self._finish_region(result, region, None)
 
     def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
              progress: bool = True, controls: Controls | None = None, mask: MaskLike | None = None,
-             keep_outside: str = "pixels", **overrides) -> EditResult:
+             keep_outside: str = "pixels", mask_stop: float = 1.0, **overrides) -> EditResult:
         """Edit an inverted image by editing its prompt: an `EditResult` [source branch, edit 1, ...].
 
         All branches start from the inversion's x_T (or its pivot at `skip_steps`) and use its per-step
@@ -265,7 +266,9 @@ class Editor:
         (`p2p.region`, Blended Latent Diffusion, Avrahami et al. 2023): after each step an edit's latent
         outside the mask is the inversion's pivot at that step, then (`keep_outside="pixels"`) the
         pixels outside the slightly grown, feathered mask are the input image's own; `"latents"` keeps
-        the latent blend only. With LocalBlend, the mask bounds its region.
+        the latent blend only. With LocalBlend, the mask bounds its region. `mask_stop` (a fraction of
+        the steps, Blended Latent Diffusion's 1: all) ends the latent blend early, so that the last steps
+        can mend a VAE whose latents are not local (the built-in model's, for a new background).
         """
         controls = Controls.make(controls, **overrides)
         inversion.check_compatible(self.fingerprint, self.model_id)
@@ -285,7 +288,8 @@ class Editor:
         region = self._region(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]))
         result = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
                            on_pivot(pivots) if direct else None, progress, "editing", start=start,
-                           region=region and LatentBlend.on_pivots(region.latent, pivots))
+                           region=region and LatentBlend.on_pivots(region.latent, pivots,
+                                                                   stop_step(mask_stop, inversion.steps)))
         return self._finish_region(result, region, inversion.image)
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,

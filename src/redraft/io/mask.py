@@ -117,6 +117,9 @@ def crop_like(mask: MaskLike, original_size: tuple[int, int], resolution: int, *
     (centre crop, or `keep_aspect`); any other mask comes back as it was (`load_mask` then judges it)."""
     a = mask_array(mask)
     if (a.shape[1], a.shape[0]) != tuple(original_size):
-        return a
+        try:
+            a = load_mask(a, original_size)  # the original's aspect ratio at another size: resized first
+        except InputError:
+            return a  # judged again, with the error, against the image the editor was given
     return np.asarray(fit(Image.fromarray(a, mode="F"), resolution, keep_aspect=keep_aspect, multiple=multiple),
                       dtype=np.float32).clip(0, 1)

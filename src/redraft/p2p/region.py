@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..checks import finite
 from ..errors import InputError
 
 KEEP_OUTSIDE = ("pixels", "latents")
-# The pixel band: grown by half a latent cell, feathered over half a cell more (2 + 2 px on the 64 px
-# shapes model, 4 + 4 on SD); chosen on validation scenes (`redraft bench shapes --masks --seed 11`).
-GROW_CELLS, FEATHER_CELLS = 0.5, 0.5
+# The pixel band: not grown beyond the feather, which reaches a quarter of a latent cell past the mask (1 px
+# on the 64 px shapes model, 2 on SD); chosen on validation scenes (`redraft bench shapes --masks --seed 11`).
+GROW_CELLS, FEATHER_CELLS = 0.0, 0.25
 
 
 def check_keep_outside(keep_outside: str) -> str:
@@ -37,6 +38,11 @@ def check_keep_outside(keep_outside: str) -> str:
         raise InputError(f"keep_outside is 'pixels' (outside the mask: the input's own pixels) or 'latents' "
                          f"(the latent blend only); got {keep_outside!r}.")
     return keep_outside
+
+
+def stop_step(mask_stop: float, steps: int) -> int:
+    """The step at which the latent blend ends: round(mask_stop * steps) (1: it blends after every step)."""
+    return round(finite("mask_stop", mask_stop, 0, 1, fix="1 blends at every step (Blended Latent Diffusion)") * steps)
 
 
 def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> torch.Tensor:

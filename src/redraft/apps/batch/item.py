@@ -69,6 +69,22 @@ def edit_masks(item: Item, original: Image.Image, size: tuple[int, int]) -> tupl
     return fit(clean), fit(framed)
 
 
+def _region_mask(editor, item: Item, original: Image.Image, masks) -> np.ndarray | None:
+    """The mask the item's edit is confined to, at the model-sized image's geometry: its `edit_mask`
+    (cropped as the image is), else its annotated mask with `use_mask` (--use-pie-masks), else None."""
+    from ...io.mask import crop_like, load_mask
+
+    size = editor.prepare(original).size
+    if item.edit_mask is not None:
+        return load_mask(crop_like(item.edit_mask, original.size, editor.resolution,
+                                   multiple=editor.pipeline.vae_scale_factor), size)
+    if item.use_mask:
+        if masks is None:
+            raise InputError("--use-pie-masks takes the item's mask as the edit's, but this item has no 'mask'.")
+        return load_mask(masks[0], size)
+    return None
+
+
 def describe(editor, image: Image.Image) -> str:
     """The source prompt of an item that has none: `editor.describe(image).prompt`."""
     return editor.describe(image).prompt
@@ -120,13 +136,15 @@ def process(editor, item: Item, folder: Path, scorers: Scorers) -> dict:
         controls = Controls.from_json(item.controls)
         plan(tokenizer, [prompt, *item.targets], controls, item.steps, (latent, latent))  # bad words: before any work
         masks = edit_masks(item, original, editor.prepare(original).size)
+        region = _region_mask(editor, item, original, masks)  # checked before any work
+        row["mask_given"] = region is not None
         if inv is None:
             inv = editor.invert(original, prompt, method=item.method, steps=item.steps,
                                 guidance_scale=item.guidance, progress=False)
             inv.save(inv_path)
         row.update(unet_forward=inv.cost.unet_forward, unet_backward=inv.cost.unet_backward,
                    inversion_seconds=inv.cost.seconds)
-        result = editor.edit(inv, item.targets, direct=item.direct, progress=False, controls=controls)
+        result = editor.edit(inv, item.targets, direct=item.direct, progress=False, controls=controls, mask=region)
         reconstruction, edits = result[0], result[1:]
         meta = result.metadata(method=row["method"], steps=item.steps, model=editor.model_id)
         row.update(controls=item.controls, edit_unet_forward=result.unet_forward, edit_seconds=round(result.seconds, 3))

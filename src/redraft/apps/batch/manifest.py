@@ -26,7 +26,9 @@ FIELDS = {
     "steps": "sampling steps",
     "guidance": "guidance scale",
     "direct": "Direct Inversion (true/false)",
-    "mask": "edit region (1 = edited) for background metrics: an image path, or PIE-Bench run-length pairs",
+    "mask": "edit region (1 = edited) for background metrics: an image path, or PIE-Bench run-length pairs; "
+            "with --use-pie-masks also the region the edit may change",
+    "edit_mask": "the region the edit may change (white) and what stays (black): an image path (Editor.edit(mask=))",
     "controls": "edit controls: a JSON object, or the path of a .json saved by redraft (Controls.save); "
                 "the control columns below override it",
 } | {spec.column: spec.help for _, spec, _ in Controls.fields()}
@@ -46,6 +48,7 @@ class Defaults:
     guidance: float | None = None  # None: the model's (Editor.guidance_scale)
     direct: bool = False
     controls: dict = field(default_factory=dict)
+    use_pie_masks: bool = False  # the items' annotated `mask` also confines their edit (`Item.use_mask`)
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Item:
     direct: bool = False
     mask: str | list[int] | None = None  # a mask image path, or run-length pairs over the image's grid
     editing_type: str | None = None
+    edit_mask: str | None = None  # an image path: the region the edit may change (Editor.edit(mask=))
+    use_mask: bool = False  # `mask` (the annotation) confines the edit too, where there is no edit_mask
     error: str | None = None
 
     def spec(self, model: str) -> str:
@@ -131,7 +136,7 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
     """An Item from one manifest record; a bad value becomes the item's error."""
     item = Item(id=str(record.get("id", default_id)), image=str(record.get("image", "")), prompt=None, targets=[],
                 controls={}, method=defaults.method, steps=defaults.steps, guidance=defaults.guidance,
-                direct=defaults.direct)
+                direct=defaults.direct, use_mask=defaults.use_pie_masks)
     try:
         if not item.image:
             raise InputError("no image: give the image's path in the 'image' field.")
@@ -154,6 +159,8 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
         if isinstance(mask, str) and csv_text and mask.lstrip().startswith("["):
             mask = json.loads(mask)
         item.mask = str(root / mask) if isinstance(mask, str) else mask
+        if record.get("edit_mask") is not None:
+            item.edit_mask = str(root / str(record["edit_mask"]))
     except (InputError, ValueError) as e:
         item.error = str(e)
     return item
@@ -212,7 +219,8 @@ def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]
     for key, entry in mapping.items():
         item = Item(id=str(key), image=str(images / entry["image_path"]), prompt=None, targets=[], controls={},
                     method=defaults.method, steps=defaults.steps, guidance=defaults.guidance, direct=defaults.direct,
-                    mask=entry.get("mask"), editing_type=str(entry.get("editing_type_id", "")) or None)
+                    mask=entry.get("mask"), editing_type=str(entry.get("editing_type_id", "")) or None,
+                    use_mask=defaults.use_pie_masks)
         try:
             for name in ("original_prompt", "editing_prompt"):
                 if not isinstance(entry.get(name), str):

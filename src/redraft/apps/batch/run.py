@@ -158,6 +158,7 @@ def summarise(rows: list[dict]) -> dict:
     means, counts = _means(ok)
     types = sorted({r["editing_type"] for r in ok if r.get("editing_type") is not None})
     return {"items": len(rows), "ok": len(ok), "failed": sum(r.get("status") == "failed" for r in rows),
+            "mask_given": sum(bool(r.get("mask_given")) for r in ok),  # edits confined to a given mask
             "means": means, "counts": counts,
             "by_editing_type": {t: _means([r for r in ok if r.get("editing_type") == t])[0] for t in types}}
 

@@ -117,6 +117,34 @@ def write_edit_outputs(result, first: list, first_captions: list[str], output: s
     click.echo(f"wrote {out} and {grid_path}")
 
 
+def mask_options(fn):
+    """--mask, --keep-outside and --mask-stop of `edit` and `generate` (`Editor.edit(mask=...)`)."""
+    for option in reversed([
+        click.option("--mask", default=None, type=click.Path(dir_okay=False),
+                     help="PNG: white where the edit may change the image, black what must stay; any size of the "
+                          "image's aspect ratio (a mask of the original image's size is cropped as the image is)."),
+        click.option("--keep-outside", type=click.Choice(["pixels", "latents"]), default="pixels", show_default=True,
+                     help="with --mask: outside it the input's own pixels (pixels), or the latent blend alone (latents)."),
+        click.option("--mask-stop", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+                     help="with --mask: fraction of the steps after which the latent blend ends (1: every step)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def checked_mask(mask: str | None, size: tuple[int, int] | None):
+    """The --mask file's values, judged against an image of `size` (width, height) before any model is
+    loaded (not an image, empty, all white, another aspect ratio: an InputError); None without --mask."""
+    from ...io.mask import load_mask, mask_array
+
+    if mask is None:
+        return None
+    values = mask_array(mask)
+    if size is not None:
+        load_mask(values, size)
+    return values
+
+
 def echo_controls(controls) -> None:
     changed = controls.changed()
     click.echo("controls: " + (json.dumps(changed) if changed else "the paper's defaults (Controls())"))
@@ -130,24 +158,33 @@ def echo_controls(controls) -> None:
 @click.option("--steps", **STEPS)
 @click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
 @edit_outputs
+@mask_options
 @control_options()
 @click.pass_context
 @friendly
-def edit(ctx, source, prompt, method, steps, direct, targets, output, force, **options):
+def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mask, keep_outside, mask_stop, **options):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from PIL import Image
 
+    from ...io.image import check_size
     from ...io.inversion_file import Inversion
+    from ...io.mask import crop_like
 
     check_edit_outputs(output, force)
     controls = controls_from(options)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
+    saved = Inversion.load(source) if is_inversion else None
+    size = (saved.image.shape[1], saved.image.shape[0]) if saved is not None else check_size(source)
+    values = checked_mask(mask, size)
     editor = editor_from(ctx)
-    inv = Inversion.load(source) if is_inversion else editor.invert(source, prompt, method=method, steps=steps)
+    inv = saved if saved is not None else editor.invert(source, prompt, method=method, steps=steps)
     if not is_inversion and prompt is None:
         click.echo(f"described as: {inv.prompt}")
+    if values is not None and not is_inversion:  # a mask of the original's size: cropped as the image was
+        values = crop_like(values, size, editor.resolution, multiple=editor.pipeline.vae_scale_factor)
     echo_controls(controls)
-    result = editor.edit(inv, list(targets), direct=direct, controls=controls)
+    result = editor.edit(inv, list(targets), direct=direct, controls=controls, mask=values,
+                         keep_outside=keep_outside, mask_stop=mask_stop)
     write_edit_outputs(result, [Image.fromarray(inv.image)], [f"input: {inv.prompt}", f"reconstruction ({inv.method})"],
                        output, force, method=inv.method + (" + direct" if direct else ""), steps=inv.steps,
                        model=editor.model_id)
@@ -159,16 +196,19 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, **o
 @click.option("--steps", **STEPS)
 @click.option("--guidance", **GUIDANCE)
 @edit_outputs
+@mask_options
 @control_options(generation=True)
 @click.pass_context
 @friendly
-def generate(ctx, prompt, seed, steps, guidance, targets, output, force, **options):
+def generate(ctx, prompt, seed, steps, guidance, targets, output, force, mask, keep_outside, mask_stop, **options):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     check_edit_outputs(output, force)
     controls = controls_from(options)
+    values = checked_mask(mask, None)
     editor = editor_from(ctx)
     echo_controls(controls)
-    result = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, controls=controls)
+    result = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, controls=controls,
+                             mask=values, keep_outside=keep_outside, mask_stop=mask_stop)
     write_edit_outputs(result, [], [f"source: {prompt}"], output, force, seed=seed, steps=steps, model=editor.model_id)
 
 

@@ -72,10 +72,13 @@ def describe(ctx, images, k, as_json):
 @click.option("--lpips", default=None, help="LPIPS weights: a .safetensors file (see redraft.metrics.Lpips).")
 @click.option("--limit", type=int, default=None, help="only the first N items.")
 @click.option("--force", is_flag=True, help="redo items whose saved results were made with other settings.")
+@click.option("--use-pie-masks", is_flag=True, help="confine each edit to its annotated mask (PIE-Bench's, or the "
+              "manifest's mask column): the table then says 'mask given', not comparable with unmasked rows.")
 @control_options()
 @click.pass_context
 @friendly
-def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip, dino, lpips, limit, force, **options):
+def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip, dino, lpips, limit, force,
+          use_pie_masks, **options):
     """Invert and edit every item of MANIFEST (JSONL, CSV or PIE-Bench's mapping_file.json), with metrics.
 
     Resumable. Scale out with `accelerate launch --multi_gpu --num_processes N -m redraft batch ...`.
@@ -86,7 +89,7 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip,
     from ...io.loading import BUILTIN
 
     defaults = b.Defaults(method=method, steps=steps, guidance=guidance, direct=direct,
-                          controls=controls_given(options))
+                          controls=controls_given(options), use_pie_masks=use_pie_masks)
     items = b.read_manifest(manifest, defaults, images)[:limit]
 
     def load_editor(device):  # each process on its own device (accelerate's), unless --device says otherwise
@@ -99,6 +102,9 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip,
         s = report.summary
         for key, value in s["means"].items():
             click.echo(f"  {key:28s} {value:10.4f}  (n={s['counts'][key]})")
+        if s.get("mask_given"):
+            click.echo(f"  mask given: {s['mask_given']} of {s['ok']} edits were confined to a given mask "
+                       "(compare them only with masked rows)")
         click.echo(f"{s['ok']} ok, {s['failed']} failed of {s['items']} items ({report.skipped} already done); "
                    f"wrote {Path(out_dir) / 'results.csv'} and results.jsonl")
         if s["failed"]:  # scripts can tell: exit status 1 (2 is a bad command line)
