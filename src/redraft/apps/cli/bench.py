@@ -75,6 +75,8 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
                    "--feature-steps). The demo's: 0, since a new background changes what the features keep.")
 @click.option("--demo-controls", is_flag=True,
               help="edit with the demo's controls for each kind (redraft.demo.editing) instead of the options above.")
+@click.option("--masks", is_flag=True, help="region edits instead (redraft.bench.masks): masked and unmasked colour, "
+              "shape and background swaps with the demo's controls, PSNR outside the mask (--edits scenes).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale of generation and inversion (default: the model's).")
 @click.option("--seed", default=3, show_default=True,
@@ -83,11 +85,20 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
-                 layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, guidance, seed, out_dir):
+                 layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, masks, guidance, seed,
+                 out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
     from ...bench import shapes as b
     from ...shapes.world import BACKGROUND_KINDS
 
+    if masks:
+        from ...bench import masks as m
+        from ...io.files import write_json
+
+        result = m.run(editor_from(ctx), n_edit, seed=seed)
+        click.echo(m.table(result))
+        click.echo(f"wrote {write_json(Path(out_dir) / 'masks.json', result)}")
+        return
     controls = dict(self_replace_steps=self_steps, cross_replace_steps=cross_steps, self_max_resolution=self_resolution,
                     layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     by_kind = {} if background_feature_steps is None else {
