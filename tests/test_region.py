@@ -145,3 +145,27 @@ def test_bad_masks_fail_before_any_pass(editor, image):
     assert editor.unet.forward == 0
     with pytest.raises(InputError, match="mask_stop"):
         editor.edit(inv, "a photo of a dog", mask=box(), mask_stop=1.5, progress=False)
+
+
+def test_cli_edit_with_a_mask_keeps_the_outside_and_a_bad_mask_writes_nothing(tiny_folder, image, tmp_path):
+    from click.testing import CliRunner
+
+    from redraft.apps.cli import main
+
+    image.save(tmp_path / "in.png")
+    m = box()
+    Image.fromarray((m * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.NEAREST).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(tmp_path / "wide.png")
+
+    def run(*args):
+        return CliRunner().invoke(main, ["--model", str(tiny_folder), "--device", "cpu", "edit", str(tmp_path / "in.png"),
+                                         "-p", PROMPT, "-m", "ddim", "--steps", "4", "-t", "a photo of a dog", *args])
+
+    bad = run("--mask", str(tmp_path / "wide.png"), "-o", str(tmp_path / "bad.png"))
+    assert bad.exit_code != 0 and "32x16 but the image is 16x16" in bad.output
+    assert not (tmp_path / "bad.png").exists() and not (tmp_path / "bad.grid.png").exists()
+    ok = run("--mask", str(tmp_path / "mask.png"), "-o", str(tmp_path / "dog.png"))
+    assert ok.exit_code == 0, ok.output
+    out = np.asarray(Image.open(tmp_path / "dog.png").convert("RGB"))
+    far = ~box(top=2, bottom=12, left=3, right=13)  # the 64 px mask resized to 16 px is soft on its edge pixels
+    assert np.array_equal(out[far], np.asarray(image)[far]) and not np.array_equal(out, np.asarray(image))
