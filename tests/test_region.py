@@ -169,3 +169,26 @@ def test_cli_edit_with_a_mask_keeps_the_outside_and_a_bad_mask_writes_nothing(ti
     out = np.asarray(Image.open(tmp_path / "dog.png").convert("RGB"))
     far = ~box(top=2, bottom=12, left=3, right=13)  # the 64 px mask resized to 16 px is soft on its edge pixels
     assert np.array_equal(out[far], np.asarray(image)[far]) and not np.array_equal(out, np.asarray(image))
+
+
+def test_batch_edit_mask_column_and_use_pie_masks_say_mask_given(tiny_folder, image, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from redraft.apps.cli import main
+
+    image.save(tmp_path / "in.png")
+    Image.fromarray((box() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    items = [{"id": "a", "image": "in.png", "prompt": PROMPT, "target": "a photo of a dog", "edit_mask": "mask.png"},
+             {"id": "b", "image": "in.png", "prompt": PROMPT, "target": "a photo of a dog", "mask": "mask.png"}]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+    r = CliRunner().invoke(main, ["--model", str(tiny_folder), "--device", "cpu", "batch", str(tmp_path / "items.jsonl"),
+                                  "-o", str(tmp_path / "run"), "--steps", "3", "-m", "ddim", "--use-pie-masks"])
+    assert r.exit_code == 0, r.output
+    assert "mask given: 2 of 2" in r.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [row["mask_given"] for row in rows] == [True, True]
+    for k in ("a", "b"):
+        edit = np.asarray(Image.open(tmp_path / "run" / "items" / k / "edit-1.png").convert("RGB"))
+        assert np.array_equal(edit[~box()], np.asarray(image)[~box()])
