@@ -321,8 +321,8 @@ class Editor:
         tokenizer, steps = self.pipeline.tokenizer, schedule.steps
         editing = len(prompts) > 1
         latent_hw = tuple(z_start.shape[-2:])
-        p2p = editing and controls.editing == "p2p"
-        control = AttentionControl(latent_hw, plan=plan(tokenizer, prompts, controls, steps, latent_hw) if p2p else None)
+        control = AttentionControl(latent_hw, plan=editors.own_plan(
+            plan(tokenizer, prompts, controls, steps, latent_hw), controls) if editing else None)
         processors = editors.processors(self.unet.unet, control, controls, tokenizer, prompts, steps) if editing else {}
         blend = LocalBlend.from_controls(tokenizer, prompts, controls, control, steps)
         guide = layout_guidance(self.unet, control, tokenizer, prompts, cond, controls.layout_guidance,

@@ -73,7 +73,7 @@ class Controls:
         "p2p", group="editor", type="choice", flag="editing", choices=EDITORS,
         help="the editor: p2p (Prompt-to-Prompt's attention control), masactrl (mutual self-attention, for "
              "pose and shape), pnp (Plug-and-Play's feature and self-attention injection); masactrl and pnp "
-             "use none of P2P's kind, reweight and attention windows")
+             "use none of P2P's kind, reweight, attention windows and feature_replace_steps")
     # -- the prompt edit (P2P sec. 3.2)
     kind: str | None = control(
         None, group="prompt edit", type="choice", flag="kind", choices=KINDS, optional=True,

@@ -13,32 +13,33 @@ LocalBlend, layout guidance, re-noising, skip_steps and Direct Inversion act wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..errors import InputError
 from . import tokens as W
+from .attention import EditPlan
 from .controls import EDITORS, Controls
 from .masactrl import masactrl_processors
 from .pnp import pnp_processors
 
-P2P_ONLY = ("kind", "reweight")  # what only Prompt-to-Prompt's token mapping can do
-
-
 def check(controls: Controls) -> None:
-    """An error naming the controls that the chosen editor cannot use."""
+    """An error for an editor that does not exist. The controls of the other editors are not used: with
+    masactrl or pnp, P2P's kind, reweight, attention windows and feature_replace_steps have no effect
+    (pnp injects the features for pnp_f_t of the steps), and the MasaCtrl and PnP controls act only
+    with their own editor."""
     if controls.editing not in EDITORS:
         raise InputError(f"unknown editing {controls.editing!r}; choose one of {', '.join(EDITORS)}.")
+
+
+def own_plan(plan: EditPlan, controls: Controls) -> EditPlan:
+    """The P2P plan with its injection windows shut for the other editors: they keep its token mapping
+    (which source word each target word stands for: layout guidance follows it) but not its attention."""
     if controls.editing == "p2p":
-        return
-    paper = Controls()
-    used = [n for n in P2P_ONLY if getattr(controls, n) != getattr(paper, n)]
-    if controls.editing == "pnp" and controls.feature_replace_steps:
-        used.append("feature_replace_steps")
-    if used:
-        why = "; Plug-and-Play injects the features for pnp_f_t of the steps" if "feature_replace_steps" in used else ""
-        raise InputError(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} Prompt-to-Prompt's, not "
-                         f"{controls.editing}'s{why}; leave {'it' if len(used) == 1 else 'them'} unset or use "
-                         "editing='p2p'.")
+        return plan
+    return dataclasses.replace(plan, cross_window=torch.zeros_like(plan.cross_window),
+                               self_window=torch.zeros_like(plan.self_window))
 
 
 def processors(unet, control, controls: Controls, tokenizer, prompts, steps: int) -> dict:
