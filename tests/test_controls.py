@@ -20,12 +20,14 @@ from redraft.errors import InputError
 from redraft.p2p.controls import GROUPS, Controls, parse, to_text
 
 SAMPLE = dict(
-    kind="replace", reweight={"dog": 2.0}, cross_replace_steps={"dog": 0.3, "default_": (0.1, 0.7)},
+    editing="masactrl", kind="replace", reweight={"dog": 2.0}, cross_replace_steps={"dog": 0.3, "default_": (0.1, 0.7)},
     self_replace_steps=(0.1, 0.6), self_max_resolution=4, blend=["dog"], blend_exclude=["photo"],
     blend_threshold=0.45, blend_start=0.1, blend_stop=0.9, blend_resolution=4, layout_guidance=0.05,
     layout_guidance_steps=0.3, feature_replace_steps=0.25, feature_layers=["up_blocks.1.resnets.0"],
     renoise_step=0.5, renoise_strength=0.7, renoise_seed=3, skip_steps=0.2,
-)
+    masactrl_step=2, masactrl_layer=3, masactrl_mask=["cat", "dog"], masactrl_mask_threshold=0.2,
+    pnp_f_t=0.6, pnp_attn_t=(0.1, 0.4),
+)  # in the schema's order (the CSV form zips them with the columns)
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
 
@@ -69,7 +71,8 @@ def test_json_and_png_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(flavour=1), "the controls are: kind, reweight"),
+    (dict(flavour=1), "the controls are: editing, kind, reweight"),
+    (dict(editing="sdedit"), "unknown editing .sdedit.; choose one of p2p, masactrl, pnp"),
     (dict(layout_guidance=float("nan")), "layout_guidance is nan"),
     (dict(renoise_step=1.0), "0 <= renoise_step < 1"),
     (dict(self_replace_steps=(0.6, 0.2)), "after its end"),

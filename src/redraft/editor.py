@@ -29,6 +29,7 @@ from .p2p import tokens as W
 from .p2p.attention import AttentionControl, controlled
 from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
+from .p2p import editors
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
 from .p2p.plan import plan, skipped_steps
@@ -341,14 +342,15 @@ class Editor:
         tokenizer, steps = self.pipeline.tokenizer, schedule.steps
         editing = len(prompts) > 1
         latent_hw = tuple(z_start.shape[-2:])
-        control = AttentionControl(latent_hw, plan=plan(tokenizer, prompts, controls, steps, latent_hw) if editing else None)
+        control = AttentionControl(latent_hw, plan=editors.own_plan(
+            plan(tokenizer, prompts, controls, steps, latent_hw), controls) if editing else None)
+        processors = editors.processors(self.unet.unet, control, controls, tokenizer, prompts, steps) if editing else {}
         blend = LocalBlend.from_controls(tokenizer, prompts, controls, control, steps)
         guide = layout_guidance(self.unet, control, tokenizer, prompts, cond, controls.layout_guidance,
                                 controls.layout_guidance_steps, steps) if editing and controls.layout_guidance else None
         renoise = Renoise(controls.renoise_step, steps, controls.renoise_strength, controls.renoise_seed, start) \
             if editing and controls.renoise_step is not None else None
-        features = W.step_window(controls.feature_replace_steps, steps) \
-            if editing and controls.feature_replace_steps else None
+        features = editors.feature_window(controls, steps) if editing else None
         callbacks = [fn for fn in (reset, blend, region) if fn is not None]
 
         def callback(i: int, z: torch.Tensor):
@@ -357,7 +359,7 @@ class Editor:
                 z = z if replaced is None else replaced
             return z
 
-        with controlled(self.unet, control), \
+        with controlled(self.unet, control, processors), \
                 injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
             z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
                         noise=renoise, start=start, progress=progress, desc=desc)

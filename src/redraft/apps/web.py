@@ -104,7 +104,8 @@ def control_inputs(start: Controls) -> dict[str, gr.components.Component]:
     for name, spec, _ in Controls.fields():
         value, label, elem_id = getattr(start, name), f"{name}: {spec.help}", f"control-{spec.flag}"
         if spec.type == "choice":
-            boxes[name] = gr.Dropdown([("auto (chosen from the prompts)", "auto"), *((c, c) for c in spec.choices)],
+            auto = [("auto (chosen from the prompts)", "auto")] if spec.optional else []
+            boxes[name] = gr.Dropdown([*auto, *((c, c) for c in spec.choices)],
                                       value=value or "auto", label=label, elem_id=elem_id)
         elif spec.type == "number" and not spec.optional and spec.range and spec.range[1] is not None:
             boxes[name] = gr.Slider(spec.range[0], spec.range[1] - (0.01 if spec.high_open else 0), value=value,

@@ -147,14 +147,7 @@ class ControlProcessor:
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-        if self.control.needs(is_cross, pixels):
-            scores = query @ key.transpose(-1, -2) * attn.scale
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probs = self.control(scores.softmax(dim=-1), is_cross, pixels)
-            out = probs @ value
-        else:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
+        out = self.attend(query, key, value, attention_mask, attn.scale, is_cross, pixels)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if spatial:
@@ -164,12 +157,25 @@ class ControlProcessor:
         return out / attn.rescale_output_factor
 
 
+    def attend(self, query, key, value, attention_mask, scale: float, is_cross: bool, pixels: int) -> torch.Tensor:
+        """[batch, heads, pixels, d]: the attention output of [batch, heads, *, d] queries, keys and values
+        (editors that change which keys a query sees override this: `p2p.masactrl`, `p2p.pnp`)."""
+        if self.control.needs(is_cross, pixels):
+            scores = query @ key.transpose(-1, -2) * scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = self.control(scores.softmax(dim=-1), is_cross, pixels)
+            return probs @ value
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+
+
 @contextmanager
-def controlled(model, control: AttentionControl):
-    """Install `control` on a CountedUNet's UNet for the duration of a call; the processors it had come back after."""
+def controlled(model, control: AttentionControl, processors: dict | None = None):
+    """Install `control` on a CountedUNet's UNet for the duration of a call; the processors it had come back after.
+    `processors`: {layer name: processor} for layers that an editor handles itself (ControlProcessor subclasses)."""
     unet = model.unet
     saved = unet.attn_processors
-    unet.set_attn_processor(ControlProcessor(control))
+    unet.set_attn_processor({name: (processors or {}).get(name) or ControlProcessor(control) for name in saved})
     model.controller = control
     try:
         yield control

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 from ..errors import InputError
 
 KINDS = ("replace", "refine", "reweight")
+EDITORS = ("p2p", "masactrl", "pnp")  # `Controls.editing`: Prompt-to-Prompt, MasaCtrl, Plug-and-Play (`p2p.editors`)
 DEFAULT_WORD = "default_"  # in a per-word window {word: window, "default_": window}: every other token
-GROUPS = ("prompt edit", "attention windows", "LocalBlend", "layout guidance", "feature injection",
-          "re-noising", "start")
+GROUPS = ("editor", "prompt edit", "attention windows", "LocalBlend", "layout guidance", "feature injection",
+          "re-noising", "start", "MasaCtrl", "Plug-and-Play")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class Controls:
     """What a user can set on an edit. Defaults are the P2P paper's (Hertz et al. 2023, sec. 4), with
     every addition off; see each field's help (`Controls.spec(name).help`)."""
 
+    # -- which editor (`redraft.p2p.editors`)
+    editing: str = control(
+        "p2p", group="editor", type="choice", flag="editing", choices=EDITORS,
+        help="the editor: p2p (Prompt-to-Prompt's attention control), masactrl (mutual self-attention, for "
+             "pose and shape), pnp (Plug-and-Play's feature and self-attention injection); masactrl and pnp "
+             "use none of P2P's kind, reweight, attention windows and feature_replace_steps")
     # -- the prompt edit (P2P sec. 3.2)
     kind: str | None = control(
         None, group="prompt edit", type="choice", flag="kind", choices=KINDS, optional=True,
@@ -139,6 +146,31 @@ class Controls:
         0.0, group="start", type="number", flag="skip-steps", range=(0, 1), high_open=True, needs_inversion=True,
         help="fraction of the first steps skipped: the edits start from the inversion's pivot there "
              "(SDEdit's strength is 1 - this)")
+    # -- MasaCtrl (Cao et al., ICCV 2023, sec. 3.2-3.3; `redraft.p2p.masactrl`)
+    masactrl_step: int = control(
+        4, group="MasaCtrl", type="integer", flag="masactrl-step", range=(0, None),
+        help="MasaCtrl's start step S: from this step on (0 is the first, noisiest) the edits' self-attention "
+             "queries read the source's keys and values (official: 4 of 50)")
+    masactrl_layer: int = control(
+        10, group="MasaCtrl", type="integer", flag="masactrl-layer", range=(0, 16),
+        help="MasaCtrl's start layer L, counted in SD's 16 transformer blocks (official: 10, the decoder's "
+             "last 6); another UNet takes the same fraction of its own blocks")
+    masactrl_mask: Sequence[str] = control(
+        [], group="MasaCtrl", type="words", flag="masactrl-mask",
+        help="words whose cross-attention marks the object in the source and the target prompt: the mask-guided "
+             "variant, foreground reading foreground and background background (none: no masks)")
+    masactrl_mask_threshold: float = control(
+        0.1, group="MasaCtrl", type="number", flag="masactrl-mask-threshold", range=(0, 1),
+        help="a cell is in a MasaCtrl mask where the words' min-max normalised attention exceeds this (official: 0.1)")
+    # -- Plug-and-Play (Tumanyan et al., CVPR 2023, sec. 4; `redraft.p2p.pnp`)
+    pnp_f_t: float | tuple = control(
+        0.8, group="Plug-and-Play", type="window", flag="pnp-f-t",
+        help="Plug-and-Play's tau_f: fraction of the steps (or START,END) in which the source's features replace "
+             "the edits' in feature_layers (official pnp_f_t: 0.8)")
+    pnp_attn_t: float | tuple = control(
+        0.5, group="Plug-and-Play", type="window", flag="pnp-attn-t",
+        help="Plug-and-Play's tau_A: fraction of the steps (or START,END) in which the source's self-attention "
+             "queries and keys replace the edits' in the decoder's layers but its first (official pnp_attn_t: 0.5)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -313,8 +345,9 @@ def _checked(name: str, spec: Spec, value):
         return None
     if spec.type == "choice":
         if value not in spec.choices:
-            raise InputError(f"unknown edit {name} {value!r}; choose one of {', '.join(spec.choices)} "
-                             "(or leave it unset to choose from the prompts).")
+            raise InputError(f"unknown {'edit ' if spec.optional else ''}{name} {value!r}; choose one of "
+                             f"{', '.join(spec.choices)}"
+                             f"{' (or leave it unset to choose from the prompts)' if spec.optional else ''}.")
         return value
     if spec.type in ("words", "names"):
         words = value.split() if isinstance(value, str) else value

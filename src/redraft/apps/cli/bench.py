@@ -181,3 +181,40 @@ def bench_discovery(ctx, count, steps, from_step, out_dir):
     out = Path(out_dir) / "discovery.json"
     b.save(result, Path(out_dir), name="discovery.json")
     click.echo(f"wrote {out}")
+
+
+@bench.command("matrix")
+@click.option("--scenes", "n", default=8, show_default=True, type=click.IntRange(min=1),
+              help="held-out scenes of the built-in model (each inverted once per inversion).")
+@click.option("--inversions", default=None, help="comma-separated inversions (default: every one of "
+              "redraft.inversions.METHODS, and direct = Direct Inversion over DDIM).")
+@click.option("--editors", default=None, help="comma-separated editors (default: p2p,masactrl,pnp).")
+@click.option("--kinds", default="color,shape,background", show_default=True,
+              help="comma-separated edit kinds (swaps: color, shape, size, background).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="sampling steps.")
+@click.option("--seed", default=3, show_default=True, help="seed of the held-out scenes (choose settings on another).")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_matrix(ctx, n, inversions, editors, kinds, steps, seed, out_dir):
+    """Every inversion x editor pair: reconstruction PSNR vs the VAE ceiling, edits right with the position
+    kept per kind, background PSNR, seconds, UNet passes, ratio to the floor. Resumes a stopped run."""
+    from ...bench import matrix as b
+    from ...p2p.controls import EDITORS
+    from ...shapes.world import SWAPS
+
+    methods = choose("inversion", inversions, b.inversions())
+    chosen = choose("editor", editors, list(EDITORS))
+    kinds = choose("edit kind", kinds, list(SWAPS))
+    result = b.run(editor_from(ctx), n, methods, chosen, kinds, steps=steps, seed=seed, out_dir=Path(out_dir))
+    click.echo(b.table(result))
+    click.echo("wrote " + ", ".join(str(p) for p in b.save(result, Path(out_dir))))
+
+
+def choose(what: str, given: str | None, known: list[str]) -> list[str]:
+    """The comma-separated names of `given` (None: all of `known`), or an error listing the known ones."""
+    names = [x.strip() for x in given.split(",") if x.strip()] if given else list(known)
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        raise InputError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; the {what}s are: {', '.join(known)}.")
+    return names
