@@ -24,7 +24,7 @@ SAMPLE = dict(
     self_replace_steps=(0.1, 0.6), self_max_resolution=4, blend=["dog"], blend_exclude=["photo"],
     blend_threshold=0.45, blend_start=0.1, blend_stop=0.9, blend_resolution=4, layout_guidance=0.05,
     layout_guidance_steps=0.3, feature_replace_steps=0.25, feature_layers=["up_blocks.1.resnets.0"],
-    renoise_step=0.5, renoise_strength=0.7, renoise_seed=3, skip_steps=0.2,
+    renoise_step=0.5, renoise_strength=0.7, renoise_seed=3, skip_steps=0.2, target_guidance=9.0,
     masactrl_step=2, masactrl_layer=3, masactrl_mask=["cat", "dog"], masactrl_mask_threshold=0.2,
     pnp_f_t=0.6, pnp_attn_t=(0.1, 0.4),
 )  # in the schema's order (the CSV form zips them with the columns)

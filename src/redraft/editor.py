@@ -18,6 +18,7 @@ from .core.sampling import CountedUNet, denoise
 from .describe.model import Description
 from .errors import InputError
 from .inversions import METHODS
+from .inversions import methods as new_methods
 from .inversions.ddim import ddim_inversion
 from .inversions.direct import on_pivot
 from .inversions.null_text import null_text_optimisation
@@ -136,14 +137,16 @@ class Editor:
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
                method: str = "negative-prompt", steps: int = 50, guidance_scale: float | None = None,
                null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
-               keep_aspect: bool = False, progress: bool = True) -> Inversion | list[Inversion]:
+               keep_aspect: bool = False, settings: dict | None = None,
+               progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
         With no prompt (None), the image is described first and the description's prompt is used.
 
         method: "ddim" (the pivot alone; reconstructed at `guidance_scale`, 1 for the no-CFG baseline),
         "null-text" (Mokady et al.; `null_init="source"` starts from the prompt's embedding,
-        `global_null=True` optimises one embedding for all steps), or "negative-prompt" (Miyake et al.).
-        `guidance_scale`: None is the editor's (the model's default).
+        `global_null=True` optimises one embedding for all steps), "negative-prompt" (Miyake et al.),
+        "edit-friendly", "edict", "proxnpi" or "spdinv" (`inversions.methods`; `settings` overrides
+        their defaults by name, e.g. {"mix": 0.9}). `guidance_scale`: None is the editor's.
         """
         guidance_scale = self.guidance(guidance_scale)
         self.schedule(steps)  # checked before any work
@@ -152,6 +155,7 @@ class Editor:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         if null_init not in ("null", "source"):
             raise InputError(f"null_init must be 'null' (the empty prompt, as in the paper) or 'source'; got {null_init!r}.")
+        settings = new_methods.settings(method, settings)
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         prompts = [prompt] * len(images) if prompt is None or isinstance(prompt, str) else list(prompt)
@@ -166,20 +170,24 @@ class Editor:
             check_prompt(self.pipeline.tokenizer, p, what="source prompt", allow_empty=False)
         if len({im.size for im in prepared}) > 1:  # aspect kept and sizes differ: one batch per image
             return [self._invert_batch([im], [p], method, steps, guidance_scale, null_init, global_null,
-                                       inner_steps, progress)[0] for im, p in zip(prepared, prompts)]
+                                       inner_steps, progress, settings)[0] for im, p in zip(prepared, prompts)]
         out = self._invert_batch(prepared, prompts, method, steps, guidance_scale, null_init, global_null,
-                                 inner_steps, progress)
+                                 inner_steps, progress, settings)
         return out[0] if single else out
 
     def _invert_batch(self, images, prompts, method, steps, guidance_scale, null_init, global_null,
-                      inner_steps, progress) -> list[Inversion]:
+                      inner_steps, progress, settings=None) -> list[Inversion]:
         schedule = self.schedule(steps)
         self.unet.reset()
         started = time.perf_counter()
         cond = self.embed(prompts)
         empty = self.embed([""] * len(prompts))
-        pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
-        options: dict = {}
+        options, extras = settings or {}, {}
+        if method in new_methods.NEW:
+            pivots, nulls, extras, options = new_methods.invert(method, self.unet, schedule, self.encode(images),
+                                                                cond, empty, guidance_scale, options, progress)
+        else:
+            pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
         if method == "null-text":
             nulls = null_text_optimisation(
                 self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
@@ -187,7 +195,7 @@ class Editor:
             options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
         elif method == "negative-prompt":
             nulls = cond[None]
-        else:
+        elif method == "ddim":
             nulls = empty[None]
         seconds = time.perf_counter() - started
         n = len(images)
@@ -196,7 +204,8 @@ class Editor:
             Inversion(method=method, prompt=prompts[b], steps=steps, guidance_scale=guidance_scale,
                       pivots=pivots[:, b].cpu(), null_embeddings=nulls[:, b].cpu(),
                       prompt_embedding=cond[b].cpu(), image=np.asarray(images[b]), model_id=self.model_id,
-                      model_fingerprint=self.fingerprint, options=options, cost=cost)
+                      model_fingerprint=self.fingerprint, options=options, cost=cost,
+                      extras={k: v[:, b].cpu() for k, v in extras.items()})
             for b in range(n)
         ]
 
@@ -219,8 +228,9 @@ class Editor:
         x_T = torch.stack([x.x_T for x in inversions]).to(self.device)
         cond = torch.stack([x.prompt_embedding for x in inversions]).to(self.device)
         uncond = torch.stack([per_step_nulls(x) for x in inversions], dim=1).to(self.device)
-        return denoise(self.unet, schedule, x_T, cond, uncond, first.guidance_scale, progress=progress,
-                       desc="reconstruction")
+        h = new_methods.hooks(inversions, len(inversions), schedule, self.device)
+        return h.loop(self.unet, schedule, x_T, cond, uncond, first.guidance_scale, progress=progress,
+                      desc="reconstruction", noise=h.noise, rule=h.rule, callback=h.callback)
 
     # ------------------------------------------------------------------ generation and editing
 
@@ -287,8 +297,9 @@ class Editor:
         pivots = inversion.pivots.to(self.device)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
         region = self._region(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]))
+        hooks = new_methods.hooks([inversion], b, schedule, self.device, start, direct)
         result = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
-                           on_pivot(pivots) if direct else None, progress, "editing", start=start,
+                           on_pivot(pivots) if direct else None, progress, "editing", start=start, hooks=hooks,
                            region=region and LatentBlend.on_pivots(region.latent, pivots,
                                                                    stop_step(mask_stop, inversion.steps)))
         return self._finish_region(result, region, inversion.image)
@@ -334,9 +345,14 @@ class Editor:
             self.unet = saved
 
     def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, reset,
-             progress: bool, desc: str, start: int = 0, region: LatentBlend | None = None) -> EditResult:
+             progress: bool, desc: str, start: int = 0, region: LatentBlend | None = None,
+             hooks: new_methods.Hooks | None = None) -> EditResult:
         """The one sampling loop with attention control, from `z_start` at step `start`; `reset(i, z)` is
-        Direct Inversion's callback (or None); `region` the user mask's blend, after LocalBlend's."""
+        Direct Inversion's callback (or None); `region` the user mask's blend, after LocalBlend's; `hooks`
+        the inversion method's (`inversions.methods`)."""
+        hooks = hooks or new_methods.Hooks()
+        if controls.target_guidance is not None and len(prompts) > 1:  # the source keeps its own
+            guidance_scale = torch.tensor([guidance_scale] + [controls.target_guidance] * (len(prompts) - 1))
         started = time.perf_counter()
         self.unet.reset()
         tokenizer, steps = self.pipeline.tokenizer, schedule.steps
@@ -351,7 +367,9 @@ class Editor:
         renoise = Renoise(controls.renoise_step, steps, controls.renoise_strength, controls.renoise_seed, start) \
             if editing and controls.renoise_step is not None else None
         features = editors.feature_window(controls, steps) if editing else None
-        callbacks = [fn for fn in (reset, blend, region) if fn is not None]
+        callbacks = [fn for fn in (hooks.callback, reset, blend, region) if fn is not None]
+        noise = renoise if hooks.noise is None else \
+            hooks.noise if renoise is None else (lambda i, eps: renoise(i, hooks.noise(i, eps)))
 
         def callback(i: int, z: torch.Tensor):
             for fn in callbacks:
@@ -361,8 +379,8 @@ class Editor:
 
         with controlled(self.unet, control, processors), \
                 injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
-            z = denoise(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
-                        noise=renoise, start=start, progress=progress, desc=desc)
+            z = hooks.loop(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
+                           noise=noise, rule=hooks.rule, start=start, progress=progress, desc=desc)
         images = self.decode(z)
         blend_mask = blend.mask if blend is not None else None
         if blend_mask is not None and region is not None:  # the user's mask bounds LocalBlend's region

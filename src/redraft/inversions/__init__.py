@@ -6,6 +6,9 @@
   prompt's embedding, so guided sampling at any scale equals conditional sampling, which is what the
   pivot was built with.
 - Direct Inversion (Ju et al. 2024) is a callback of the edit's sampling loop (`direct.on_pivot`).
+- Issue 33's four, behind `methods` (settings, inversion, sampling hooks): `edit_friendly` (edit-friendly
+  DDPM noise maps, Huberman-Spiegelglas et al. 2024), `edict` (Wallace et al. 2023), `proxnpi` (ProxEdit,
+  Han et al. 2024) and `spdinv` (Li et al. 2024).
 """
 
-METHODS = ("ddim", "null-text", "negative-prompt")
+METHODS = ("ddim", "null-text", "negative-prompt", "edit-friendly", "edict", "proxnpi", "spdinv")

@@ -21,6 +21,10 @@ from .files import atomic_path
 
 FORMAT = "redraft.inversion/1"
 TENSORS = ("pivots", "null_embeddings", "prompt_embedding", "image")  # also the checksum's order
+# Optional tensors of some methods (files without them, from before, still load): edit-friendly DDPM's
+# per-step noise maps z_t [N, C, H, W]; EDICT's second sequence y [N + 1, C, H, W] (float64).
+EXTRAS = ("noise_maps", "pivots_y")
+NEEDS = {"edit-friendly": ("noise_maps",), "edict": ("pivots_y",)}
 FIELDS = ("method", "prompt", "steps", "guidance_scale", "model_id", "model_fingerprint", "options", "cost")
 
 
@@ -39,8 +43,11 @@ class Inversion:
 
     `pivots` [N + 1, C, H, W] is the DDIM-inversion trajectory in sampling order (pivots[0] = x_T,
     pivots[N] = the image's latent); `null_embeddings` [N or 1, L, D] is what each step uses as its
-    unconditional embedding: the optimised ones (null-text), the source prompt's (negative-prompt), or
-    the empty prompt's (ddim). `prompt_embedding` [L, D] is the source prompt's.
+    unconditional embedding: the optimised ones (null-text), the source prompt's (negative-prompt,
+    proxnpi, spdinv), or the empty prompt's (ddim, edit-friendly, edict). `prompt_embedding` [L, D] is
+    the source prompt's. `extras` holds the tensors of EXTRAS a method needs (`inversions.methods`):
+    for edit-friendly the pivots are its independently noised x_t (corrected) and `noise_maps` its z_t;
+    for EDICT the pivots are its x sequence and `pivots_y` its y sequence, both float64.
     """
 
     method: str
@@ -55,6 +62,7 @@ class Inversion:
     model_fingerprint: str
     options: dict = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
+    extras: dict = field(default_factory=dict)  # name in EXTRAS -> tensor
 
     @property
     def x_T(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -71,10 +79,11 @@ class Inversion:
         meta = {k: getattr(self, k) for k in FIELDS if k != "cost"}
         meta["cost"] = asdict(self.cost)
         tensors = {
-            "pivots": self.pivots.float().clone(memory_format=torch.contiguous_format),
+            "pivots": _stored(self.pivots),
             "null_embeddings": self.null_embeddings.float().clone(memory_format=torch.contiguous_format),
             "prompt_embedding": self.prompt_embedding.float().clone(memory_format=torch.contiguous_format),
             "image": torch.from_numpy(np.array(self.image, dtype=np.uint8)),
+            **{k: _stored(v) for k, v in self.extras.items()},
         }
         header = {"format": FORMAT, "inversion": json.dumps(meta), "sha256": checksum(tensors)}
         with atomic_path(path, replace) as tmp:
@@ -96,10 +105,11 @@ class Inversion:
         if header.get("format") != FORMAT:
             raise InputError(f"{path} is a safetensors file but not a redraft inversion (format {header.get('format')!r}).")
         meta = _metadata(path, header)
-        _check_tensors(path, tensors, meta["steps"])
+        _check_tensors(path, tensors, meta["steps"], meta["method"])
         _check_checksum(path, header.get("sha256"), tensors)
         return cls(**meta, pivots=tensors["pivots"], null_embeddings=tensors["null_embeddings"],
-                   prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy())
+                   prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy(),
+                   extras={k: tensors[k] for k in EXTRAS if k in tensors})
 
     def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None) -> None:
         """Refuse to apply this inversion to another model or another number of steps."""
@@ -114,10 +124,16 @@ class Inversion:
                 f"Leave steps unset, or invert again with steps={steps}.")
 
 
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as saved: float64 kept (EDICT's sequences), any other float as float32, contiguous."""
+    return (t if t.dtype == torch.float64 else t.float()).clone(memory_format=torch.contiguous_format)
+
+
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of the saved tensors, in the order of TENSORS: each one's name, dtype, shape and bytes."""
+    """sha256 of the saved tensors, in the order of TENSORS then the others by name (so a file with
+    no extra tensor has the checksum it had before EXTRAS): each one's name, dtype, shape and bytes."""
     h = hashlib.sha256()
-    for name in TENSORS:
+    for name in (*TENSORS, *sorted(set(tensors) - set(TENSORS))):
         t = tensors[name].contiguous()
         h.update(f"{name} {t.dtype} {list(t.shape)}\n".encode())
         h.update(t.numpy().tobytes())
@@ -171,12 +187,16 @@ def _metadata(path: Path, header: dict) -> dict:
     return meta
 
 
-def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], steps: int) -> None:
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], steps: int, method: str = "") -> None:
     """Refuse tensors that are missing, or whose shapes do not fit `steps` and one another."""
     missing = [k for k in TENSORS if k not in tensors]
     if missing:
         raise InputError(f"{path} is not an inversion that `redraft invert` wrote: it has no "
                          f"{', '.join(missing)} tensor. Invert the image again.")
+    needed = [k for k in NEEDS.get(method, ()) if k not in tensors]
+    if needed:
+        raise InputError(f"{path}: a {method} inversion needs its {', '.join(needed)} tensor, which the file "
+                         f"lacks; it was changed or damaged. Invert the image again.")
     pivots, nulls, prompt, image = (tensors[k] for k in TENSORS)
     length, width = prompt.shape if prompt.ndim == 2 else (None, None)
     expected = {
@@ -186,6 +206,12 @@ def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], steps: int) -> 
                             f"[{steps} or 1, {length}, {width}] (as its prompt_embedding [L, D])"),
         "image": (image.ndim == 3 and image.shape[-1] == 3 and image.dtype == torch.uint8, "uint8 [H, W, 3]"),
     }
+    hw = tuple(pivots.shape[1:])
+    for name, length in (("noise_maps", steps), ("pivots_y", steps + 1)):
+        if name in tensors:
+            t = tensors[name]
+            expected[name] = (t.ndim == 4 and len(t) == length and tuple(t.shape[1:]) == hw,
+                              f"[{length}, {', '.join(map(str, hw))}] (as its pivots)")
     for name, (ok, shape) in expected.items():
         if not ok:
             raise InputError(f"{path}: its {name} is {str(tensors[name].dtype).removeprefix('torch.')} "

@@ -146,6 +146,10 @@ class Controls:
         0.0, group="start", type="number", flag="skip-steps", range=(0, 1), high_open=True, needs_inversion=True,
         help="fraction of the first steps skipped: the edits start from the inversion's pivot there "
              "(SDEdit's strength is 1 - this)")
+    target_guidance: float | None = control(
+        None, group="start", type="number", flag="target-guidance", range=(0, None), optional=True,
+        help="guidance scale of the edits, the source keeping its own (edit-friendly DDPM's cfg_tar; "
+             "unset: the inversion's)")
     # -- MasaCtrl (Cao et al., ICCV 2023, sec. 3.2-3.3; `redraft.p2p.masactrl`)
     masactrl_step: int = control(
         4, group="MasaCtrl", type="integer", flag="masactrl-step", range=(0, None),
