@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from . import checks
+from .core import conditioning
 from .core.ddim import Schedule
 from .core.prompts import check_prompt, encode_prompts
 from .core.sampling import CountedUNet, denoise
@@ -63,6 +64,7 @@ class Editor:
         self._describer = None  # loaded on first use
         self.fingerprint = fingerprint(pipeline)
         self.unet = CountedUNet(pipeline.unet)
+        self.family = conditioning.family(pipeline)  # "sd" (1.x / 2.x) or "sdxl"
 
     # ------------------------------------------------------------------ building blocks
 
@@ -87,8 +89,22 @@ class Editor:
         return checks.finite("guidance_scale", guidance_scale, 0,
                              fix=f"this model's default is {self.guidance_scale:g} (1 turns guidance off)")
 
-    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
+    def embed(self, prompts: Sequence[str], time_ids: torch.Tensor | None = None, *,
+              like: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompts' conditioning [B, L, D] (SDXL: packed with the pooled embedding and the time ids,
+        `core.conditioning`; `time_ids` [6] or [B, 6], else those of the conditioning `like`, else the
+        native size's). SD 1.x / 2.x ignore the time ids."""
+        layout = self.unet.layout
+        if layout is None:
+            return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
+        if time_ids is None:
+            time_ids = layout.time_ids(like) if like is not None else \
+                conditioning.time_ids((self.resolution,) * 2, (self.resolution,) * 2)
+        return conditioning.encode_xl(self.pipeline, layout, list(prompts), time_ids)
+
+    def time_ids(self, original: tuple[int, int], image: Image.Image) -> torch.Tensor:
+        """SDXL's time ids for an image of `original` (w, h) pixels brought to `image`'s size."""
+        return conditioning.time_ids(original[::-1], image.size[::-1])
 
     def prepare(self, image: ImageLike, *, keep_aspect: bool = False) -> Image.Image:
         """Any image -> an RGB image at the model's resolution (centre crop, or aspect kept)."""
@@ -133,18 +149,23 @@ class Editor:
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
                method: str = "negative-prompt", steps: int = 50, guidance_scale: float | None = None,
                null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
-               keep_aspect: bool = False, progress: bool = True) -> Inversion | list[Inversion]:
+               keep_aspect: bool = False, null_pooled: bool = False,
+               progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
         With no prompt (None), the image is described first and the description's prompt is used.
 
         method: "ddim" (the pivot alone; reconstructed at `guidance_scale`, 1 for the no-CFG baseline),
         "null-text" (Mokady et al.; `null_init="source"` starts from the prompt's embedding,
         `global_null=True` optimises one embedding for all steps), or "negative-prompt" (Miyake et al.).
-        `guidance_scale`: None is the editor's (the model's default).
+        `guidance_scale`: None is the editor's (the model's default). `null_pooled` (SDXL, null-text):
+        optimise the pooled unconditional embedding too, not only the token embeddings (docs/sdxl.md).
         """
         guidance_scale = self.guidance(guidance_scale)
         self.schedule(steps)  # checked before any work
         inner_steps = checks.whole("inner_steps", inner_steps, 0)
+        if null_pooled and (self.unet.layout is None or method != "null-text"):
+            raise InputError("null_pooled optimises SDXL's pooled null embedding: it needs an SDXL model and "
+                             "method='null-text'.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         if null_init not in ("null", "source"):
@@ -154,7 +175,9 @@ class Editor:
         prompts = [prompt] * len(images) if prompt is None or isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(images):
             raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt per image.")
-        prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in images]
+        loaded = [load_image(im) for im in images]
+        prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in loaded]
+        ids = [self.time_ids(a.size, b) for a, b in zip(loaded, prepared)]  # SDXL's: the original size
         missing = [i for i, p in enumerate(prompts) if p is None]
         if missing:  # no source prompt: the describer's (Reverse Stable Diffusion)
             for i, description in zip(missing, self.describe([prepared[i] for i in missing])):
@@ -163,25 +186,29 @@ class Editor:
             check_prompt(self.pipeline.tokenizer, p, what="source prompt", allow_empty=False)
         if len({im.size for im in prepared}) > 1:  # aspect kept and sizes differ: one batch per image
             return [self._invert_batch([im], [p], method, steps, guidance_scale, null_init, global_null,
-                                       inner_steps, progress)[0] for im, p in zip(prepared, prompts)]
+                                       inner_steps, progress, [i], null_pooled)[0] for im, p, i in zip(prepared, prompts, ids)]
         out = self._invert_batch(prepared, prompts, method, steps, guidance_scale, null_init, global_null,
-                                 inner_steps, progress)
+                                 inner_steps, progress, ids, null_pooled)
         return out[0] if single else out
 
     def _invert_batch(self, images, prompts, method, steps, guidance_scale, null_init, global_null,
-                      inner_steps, progress) -> list[Inversion]:
+                      inner_steps, progress, time_ids=None, null_pooled=False) -> list[Inversion]:
         schedule = self.schedule(steps)
         self.unet.reset()
         started = time.perf_counter()
-        cond = self.embed(prompts)
-        empty = self.embed([""] * len(prompts))
+        ids = torch.stack(time_ids) if time_ids else None
+        cond = self.embed(prompts, ids)
+        empty = self.embed([""] * len(prompts), ids)
         pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
         options: dict = {}
         if method == "null-text":
-            nulls = null_text_optimisation(
-                self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
-                inner_steps=inner_steps, shared=global_null, progress=progress)
+            with conditioning.pooled_trainable(self.unet, null_pooled):
+                nulls = null_text_optimisation(
+                    self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
+                    inner_steps=inner_steps, shared=global_null, progress=progress)
             options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
+            if self.unet.layout is not None:
+                options["null_pooled"] = null_pooled
         elif method == "negative-prompt":
             nulls = cond[None]
         else:
@@ -193,7 +220,7 @@ class Editor:
             Inversion(method=method, prompt=prompts[b], steps=steps, guidance_scale=guidance_scale,
                       pivots=pivots[:, b].cpu(), null_embeddings=nulls[:, b].cpu(),
                       prompt_embedding=cond[b].cpu(), image=np.asarray(images[b]), model_id=self.model_id,
-                      model_fingerprint=self.fingerprint, options=options, cost=cost)
+                      model_fingerprint=self.fingerprint, options=options, cost=cost, model_family=self.family)
             for b in range(n)
         ]
 
@@ -202,7 +229,7 @@ class Editor:
         single = isinstance(inversion, Inversion)
         invs = [inversion] if single else list(inversion)
         for x in invs:
-            x.check_compatible(self.fingerprint, self.model_id)
+            x.check_compatible(self.fingerprint, self.model_id, family=self.family)
         if len({(x.steps, x.guidance_scale, tuple(x.pivots.shape)) for x in invs}) > 1:
             return [self.reconstruct(x, progress=progress) for x in invs]
         z = self.replay(invs, progress=progress)
@@ -223,12 +250,13 @@ class Editor:
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
-                 controls: Controls | None = None, **overrides) -> EditResult:
+                 controls: Controls | None = None, size: tuple[int, int] | None = None, **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
         None: the paper's), with `overrides` set field by field (`cross_replace_steps=0.6`, ...).
-        Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's.
+        Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's. `size`:
+        (height, width) in pixels, multiples of the VAE's factor (None: the model's native square).
         """
         controls = Controls.make(controls, **overrides)
         guidance_scale = self.guidance(guidance_scale)
@@ -238,9 +266,11 @@ class Editor:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
                              "(invert an image and edit it, or leave skip_steps at 0).")
         schedule = self.schedule(steps)
-        cond = self.embed(prompts)
-        uncond = self.embed([negative_prompt] * len(prompts))
-        x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
+        size = self.check_size(size)
+        ids = conditioning.time_ids(size, size)
+        cond = self.embed(prompts, ids)
+        uncond = self.embed([negative_prompt] * len(prompts), ids)
+        x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
         return self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
                          "generation")
 
@@ -254,7 +284,7 @@ class Editor:
         `overrides` set field by field. `direct=True` is Direct Inversion (`inversions.direct`).
         """
         controls = Controls.make(controls, **overrides)
-        inversion.check_compatible(self.fingerprint, self.model_id)
+        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise InputError("give at least one target prompt to edit towards.")
@@ -263,7 +293,8 @@ class Editor:
         prompts = [inversion.prompt, *targets]
         schedule = self.schedule(inversion.steps)
         b = len(prompts)
-        cond = torch.cat([inversion.prompt_embedding[None].to(self.device), self.embed(targets)])
+        source = inversion.prompt_embedding[None].to(self.device)
+        cond = torch.cat([source, self.embed(targets, like=source)])
         uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
         start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
@@ -281,7 +312,7 @@ class Editor:
         """
         inversion = image if isinstance(image, Inversion) else \
             self.invert(image, prompt, method="negative-prompt", steps=steps, progress=progress)
-        inversion.check_compatible(self.fingerprint, self.model_id)
+        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         control = AttentionControl(tuple(inversion.x_T.shape[-2:]))
         with controlled(self.unet, control):
             self.replay([inversion], progress=progress)
@@ -343,6 +374,16 @@ class Editor:
         images = self.decode(z)
         return EditResult(images, list(prompts), controls, control, z, blend.mask if blend is not None else None,
                           self.unet.forward, self.unet.backward, time.perf_counter() - started)
+
+    def check_size(self, size) -> tuple[int, int]:
+        """(height, width) checked to be positive multiples of the VAE's factor; None: the native square."""
+        if size is None:
+            return (self.resolution, self.resolution)
+        f = self.pipeline.vae_scale_factor
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < f or v % f for v in size):
+            raise InputError(f"size must be (height, width) in pixels, each a multiple of {f} (this model's VAE "
+                             f"factor); got {size!r}. The model's native size is {self.resolution}.")
+        return tuple(size)
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""

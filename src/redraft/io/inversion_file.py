@@ -22,6 +22,7 @@ from .files import atomic_path
 FORMAT = "redraft.inversion/1"
 TENSORS = ("pivots", "null_embeddings", "prompt_embedding", "image")  # also the checksum's order
 FIELDS = ("method", "prompt", "steps", "guidance_scale", "model_id", "model_fingerprint", "options", "cost")
+FAMILIES = {"sd": "Stable Diffusion 1.x / 2.x", "sdxl": "SDXL"}  # `model_family`; files without one are "sd"
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Inversion:
     model_fingerprint: str
     options: dict = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
+    model_family: str = "sd"  # `core.conditioning.family`: "sd" (1.x / 2.x) or "sdxl"
 
     @property
     def x_T(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -70,6 +72,7 @@ class Inversion:
         path = Path(path)
         meta = {k: getattr(self, k) for k in FIELDS if k != "cost"}
         meta["cost"] = asdict(self.cost)
+        meta["model_family"] = self.model_family
         tensors = {
             "pivots": self.pivots.float().clone(memory_format=torch.contiguous_format),
             "null_embeddings": self.null_embeddings.float().clone(memory_format=torch.contiguous_format),
@@ -101,8 +104,15 @@ class Inversion:
         return cls(**meta, pivots=tensors["pivots"], null_embeddings=tensors["null_embeddings"],
                    prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy())
 
-    def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None) -> None:
-        """Refuse to apply this inversion to another model or another number of steps."""
+    def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None, *,
+                         family: str | None = None) -> None:
+        """Refuse to apply this inversion to another model family, another model or another number of steps."""
+        if family is not None and family != self.model_family:
+            raise InputError(
+                f"this inversion was made with the {FAMILIES[self.model_family]} model ({self.model_id!r}), but the "
+                f"loaded {model_id!r} is {FAMILIES.get(family, family)}: the two families' latents and text "
+                f"embeddings do not fit each other. Load {self.model_id!r} (redraft --model ...) or invert the "
+                f"image again with this model.")
         if model_fingerprint != self.model_fingerprint:
             raise InputError(
                 f"this inversion was made with model {self.model_id!r}, not the loaded {model_id!r}: "
@@ -153,7 +163,11 @@ def _metadata(path: Path, header: dict) -> dict:
     missing = [k for k in FIELDS if k not in meta]
     if missing:
         raise InputError(f"{forged}: its metadata has no {', '.join(missing)}. Invert the image again.")
+    family = meta.get("model_family", "sd")
+    if family not in FAMILIES:
+        raise InputError(f"{forged}: its model_family is {family!r}, not one of {', '.join(FAMILIES)}.")
     meta = {k: meta[k] for k in FIELDS}  # fields a later version adds are left out
+    meta["model_family"] = family
     if meta["method"] not in METHODS:
         raise InputError(f"{forged}: its method is {meta['method']!r}, not one of {', '.join(METHODS)}.")
     for name in ("prompt", "model_id", "model_fingerprint"):
