@@ -154,3 +154,61 @@ def build_tiny_lpips(path: Path, net: str = "alex", seed: int = 0) -> Path:
     tensors = {k: (v.abs() if k.startswith("lin") else v).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path))
     return path
+
+
+# ---------------------------------------------------------------- tiny random SDXL pipelines
+
+def build_tiny_sdxl(seed: int = 0, tokenizer_2=None):
+    """A tiny random StableDiffusionXLPipeline in SDXL's layout (as diffusers' SDXL tests build it): no
+    attention at the highest resolution, transformer blocks of several layers, two text encoders (the
+    second with a projection: the pooled embedding), `text_time` conditioning from the time ids."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer")
+    tokenizer_2 = tokenizer_2 or CLIPTokenizer.from_pretrained(FIXTURES / "tokenizer")
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+        cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+        force_upcast=True,
+    )
+    config = dict(vocab_size=max(len(tokenizer), len(tokenizer_2)), hidden_size=32, intermediate_size=37,
+                  num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    text_encoder, text_encoder_2 = CLIPTextModel(CLIPTextConfig(**config)), CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    with torch.no_grad():  # smoother and more text-dependent than raw random weights (as build_tiny_pipeline)
+        unet.conv_out.weight.mul_(0.1)
+        unet.conv_out.bias.mul_(0.1)
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_out[0].weight.mul_(4.0)
+        x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        vae.register_to_config(scaling_factor=1.0 / vae.encode(x).latent_dist.mean.std().item())
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-sdxl") / "xl"
+    build_tiny_sdxl().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def xl_editor(tiny_xl_folder):
+    import redraft
+
+    return redraft.load(str(tiny_xl_folder), device="cpu")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from . import checks
+from .core import conditioning
 from .core.ddim import Schedule
 from .core.prompts import check_prompt, encode_prompts
 from .core.sampling import CountedUNet, denoise
@@ -67,6 +68,7 @@ class Editor:
         self._describer = None  # loaded on first use
         self.fingerprint = fingerprint(pipeline)
         self.unet = CountedUNet(pipeline.unet)
+        self.family = conditioning.family(pipeline)  # "sd" (1.x / 2.x) or "sdxl"
 
     # ------------------------------------------------------------------ building blocks
 
@@ -91,8 +93,22 @@ class Editor:
         return checks.finite("guidance_scale", guidance_scale, 0,
                              fix=f"this model's default is {self.guidance_scale:g} (1 turns guidance off)")
 
-    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
+    def embed(self, prompts: Sequence[str], time_ids: torch.Tensor | None = None, *,
+              like: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompts' conditioning [B, L, D] (SDXL: packed with the pooled embedding and the time ids,
+        `core.conditioning`; `time_ids` [6] or [B, 6], else those of the conditioning `like`, else the
+        native size's). SD 1.x / 2.x ignore the time ids."""
+        layout = self.unet.layout
+        if layout is None:
+            return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
+        if time_ids is None:
+            time_ids = layout.time_ids(like) if like is not None else \
+                conditioning.time_ids((self.resolution,) * 2, (self.resolution,) * 2)
+        return conditioning.encode_xl(self.pipeline, layout, list(prompts), time_ids)
+
+    def time_ids(self, original: tuple[int, int], image: Image.Image) -> torch.Tensor:
+        """SDXL's time ids for an image of `original` (w, h) pixels brought to `image`'s size."""
+        return conditioning.time_ids(original[::-1], image.size[::-1])
 
     def prepare(self, image: ImageLike, *, keep_aspect: bool = False) -> Image.Image:
         """Any image -> an RGB image at the model's resolution (centre crop, or aspect kept)."""
@@ -137,7 +153,7 @@ class Editor:
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
                method: str = "negative-prompt", steps: int = 50, guidance_scale: float | None = None,
                null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
-               keep_aspect: bool = False, settings: dict | None = None,
+               keep_aspect: bool = False, settings: dict | None = None, null_pooled: bool = False,
                progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
         With no prompt (None), the image is described first and the description's prompt is used.
@@ -147,10 +163,15 @@ class Editor:
         `global_null=True` optimises one embedding for all steps), "negative-prompt" (Miyake et al.),
         "edit-friendly", "edict", "proxnpi" or "spdinv" (`inversions.methods`; `settings` overrides
         their defaults by name, e.g. {"mix": 0.9}). `guidance_scale`: None is the editor's.
+        `null_pooled` (SDXL, null-text): optimise the pooled unconditional embedding too, not only the
+        token embeddings (README, "SDXL").
         """
         guidance_scale = self.guidance(guidance_scale)
         self.schedule(steps)  # checked before any work
         inner_steps = checks.whole("inner_steps", inner_steps, 0)
+        if null_pooled and (self.unet.layout is None or method != "null-text"):
+            raise InputError("null_pooled optimises SDXL's pooled null embedding: it needs an SDXL model and "
+                             "method='null-text'.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         if null_init not in ("null", "source"):
@@ -161,7 +182,9 @@ class Editor:
         prompts = [prompt] * len(images) if prompt is None or isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(images):
             raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt per image.")
-        prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in images]
+        loaded = [load_image(im) for im in images]
+        prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in loaded]
+        ids = [self.time_ids(a.size, b) for a, b in zip(loaded, prepared)]  # SDXL's: the original size
         missing = [i for i, p in enumerate(prompts) if p is None]
         if missing:  # no source prompt: the describer's (Reverse Stable Diffusion)
             for i, description in zip(missing, self.describe([prepared[i] for i in missing])):
@@ -170,18 +193,20 @@ class Editor:
             check_prompt(self.pipeline.tokenizer, p, what="source prompt", allow_empty=False)
         if len({im.size for im in prepared}) > 1:  # aspect kept and sizes differ: one batch per image
             return [self._invert_batch([im], [p], method, steps, guidance_scale, null_init, global_null,
-                                       inner_steps, progress, settings)[0] for im, p in zip(prepared, prompts)]
+                                       inner_steps, progress, settings, [i], null_pooled)[0]
+                    for im, p, i in zip(prepared, prompts, ids)]
         out = self._invert_batch(prepared, prompts, method, steps, guidance_scale, null_init, global_null,
-                                 inner_steps, progress, settings)
+                                 inner_steps, progress, settings, ids, null_pooled)
         return out[0] if single else out
 
     def _invert_batch(self, images, prompts, method, steps, guidance_scale, null_init, global_null,
-                      inner_steps, progress, settings=None) -> list[Inversion]:
+                      inner_steps, progress, settings=None, time_ids=None, null_pooled=False) -> list[Inversion]:
         schedule = self.schedule(steps)
         self.unet.reset()
         started = time.perf_counter()
-        cond = self.embed(prompts)
-        empty = self.embed([""] * len(prompts))
+        ids = torch.stack(time_ids) if time_ids else None
+        cond = self.embed(prompts, ids)
+        empty = self.embed([""] * len(prompts), ids)
         options, extras = settings or {}, {}
         if method in new_methods.NEW:
             pivots, nulls, extras, options = new_methods.invert(method, self.unet, schedule, self.encode(images),
@@ -189,10 +214,13 @@ class Editor:
         else:
             pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
         if method == "null-text":
-            nulls = null_text_optimisation(
-                self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
-                inner_steps=inner_steps, shared=global_null, progress=progress)
+            with conditioning.pooled_trainable(self.unet, null_pooled):
+                nulls = null_text_optimisation(
+                    self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
+                    inner_steps=inner_steps, shared=global_null, progress=progress)
             options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
+            if self.unet.layout is not None:
+                options["null_pooled"] = null_pooled
         elif method == "negative-prompt":
             nulls = cond[None]
         elif method == "ddim":
@@ -204,7 +232,7 @@ class Editor:
             Inversion(method=method, prompt=prompts[b], steps=steps, guidance_scale=guidance_scale,
                       pivots=pivots[:, b].cpu(), null_embeddings=nulls[:, b].cpu(),
                       prompt_embedding=cond[b].cpu(), image=np.asarray(images[b]), model_id=self.model_id,
-                      model_fingerprint=self.fingerprint, options=options, cost=cost,
+                      model_fingerprint=self.fingerprint, options=options, cost=cost, model_family=self.family,
                       extras={k: v[:, b].cpu() for k, v in extras.items()})
             for b in range(n)
         ]
@@ -214,7 +242,7 @@ class Editor:
         single = isinstance(inversion, Inversion)
         invs = [inversion] if single else list(inversion)
         for x in invs:
-            x.check_compatible(self.fingerprint, self.model_id)
+            x.check_compatible(self.fingerprint, self.model_id, family=self.family)
         if len({(x.steps, x.guidance_scale, tuple(x.pivots.shape)) for x in invs}) > 1:
             return [self.reconstruct(x, progress=progress) for x in invs]
         z = self.replay(invs, progress=progress)
@@ -236,13 +264,14 @@ class Editor:
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
-                 controls: Controls | None = None, mask: MaskLike | None = None, keep_outside: str = "pixels",
-                 mask_stop: float = 1.0, **overrides) -> EditResult:
+                 controls: Controls | None = None, size: tuple[int, int] | None = None, mask: MaskLike | None = None,
+                 keep_outside: str = "pixels", mask_stop: float = 1.0, **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
         None: the paper's), with `overrides` set field by field (`cross_replace_steps=0.6`, ...).
-        Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's.
+        Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's. `size`:
+        (height, width) in pixels, multiples of the VAE's factor (None: the model's native square).
         `mask` confines the edits to a region, as in `edit`; what is kept is the source branch's image.
         """
         controls = Controls.make(controls, **overrides)
@@ -253,10 +282,12 @@ class Editor:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
                              "(invert an image and edit it, or leave skip_steps at 0).")
         schedule = self.schedule(steps)
-        cond = self.embed(prompts)
-        uncond = self.embed([negative_prompt] * len(prompts))
-        x_T = self.initial_noise(seed).expand(len(prompts), -1, -1, -1)
-        region = self._region(mask, keep_outside, (self.resolution,) * 2, tuple(x_T.shape[-2:]))
+        size = self.check_size(size)
+        ids = conditioning.time_ids(size, size)
+        cond = self.embed(prompts, ids)
+        uncond = self.embed([negative_prompt] * len(prompts), ids)
+        x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
+        region = self._region(mask, keep_outside, size, tuple(x_T.shape[-2:]))
         result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
                            "generation", region=region and LatentBlend.on_source_branch(
                                region.latent, stop_step(mask_stop, steps)))
@@ -282,7 +313,7 @@ class Editor:
         can mend a VAE whose latents are not local (the built-in model's, for a new background).
         """
         controls = Controls.make(controls, **overrides)
-        inversion.check_compatible(self.fingerprint, self.model_id)
+        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise InputError("give at least one target prompt to edit towards.")
@@ -291,7 +322,8 @@ class Editor:
         prompts = [inversion.prompt, *targets]
         schedule = self.schedule(inversion.steps)
         b = len(prompts)
-        cond = torch.cat([inversion.prompt_embedding[None].to(self.device), self.embed(targets)])
+        source = inversion.prompt_embedding[None].to(self.device)
+        cond = torch.cat([source, self.embed(targets, like=source)])
         uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
         start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
@@ -314,7 +346,7 @@ class Editor:
         """
         inversion = image if isinstance(image, Inversion) else \
             self.invert(image, prompt, method="negative-prompt", steps=steps, progress=progress)
-        inversion.check_compatible(self.fingerprint, self.model_id)
+        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         control = AttentionControl(tuple(inversion.x_T.shape[-2:]))
         with controlled(self.unet, control):
             self.replay([inversion], progress=progress)
@@ -403,6 +435,16 @@ class Editor:
             result.images = region.finish(result.images, result.images[0] if original is None else original)
             result.region = region
         return result
+
+    def check_size(self, size) -> tuple[int, int]:
+        """(height, width) checked to be positive multiples of the VAE's factor; None: the native square."""
+        if size is None:
+            return (self.resolution, self.resolution)
+        f = self.pipeline.vae_scale_factor
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < f or v % f for v in size):
+            raise InputError(f"size must be (height, width) in pixels, each a multiple of {f} (this model's VAE "
+                             f"factor); got {size!r}. The model's native size is {self.resolution}.")
+        return tuple(size)
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""

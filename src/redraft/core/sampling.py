@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ddim
+from .conditioning import XLLayout
 from .ddim import Schedule
 
 
@@ -15,20 +16,28 @@ class CountedUNet:
     """Calls the UNet on fp32 latents in the UNet's own dtype, and counts what it costs.
 
     A pass is one latent through the UNet: a batch of b latents costs b passes. `backward` counts
-    the latents whose pass was also back-propagated (null-text optimisation).
+    the latents whose pass was also back-propagated (null-text optimisation). A conditioning packed
+    for SDXL (`conditioning.XLLayout`) is unpacked into the token embeddings and `added_cond_kwargs`.
     """
 
     def __init__(self, unet):
         self.unet, self.forward, self.backward = unet, 0, 0
         self.dtype = next(unet.parameters()).dtype
         self.controller = None  # an attention controller sees every call (see `redraft.attention`)
+        self.layout = XLLayout.of(unet)  # None: SD 1.x / 2.x, the context is the token embeddings
 
     def __call__(self, z: torch.Tensor, t: int, context: torch.Tensor, *, step: int | None = None,
                  cond_rows: slice | None = None) -> torch.Tensor:
         self.forward += z.shape[0]
         if self.controller is not None:
             self.controller.begin_call(step=step, cond_rows=cond_rows, batch=z.shape[0])
-        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample
+        if self.layout is None:
+            out = self.unet(z.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample
+        else:
+            tokens, added = self.layout.unpack(context)
+            added = {k: v.to(self.dtype) for k, v in added.items()}
+            out = self.unet(z.to(self.dtype), t, encoder_hidden_states=tokens.to(self.dtype),
+                            added_cond_kwargs=added).sample
         return out.float()
 
     def reset(self) -> None:

@@ -26,6 +26,7 @@ TENSORS = ("pivots", "null_embeddings", "prompt_embedding", "image")  # also the
 EXTRAS = ("noise_maps", "pivots_y")
 NEEDS = {"edit-friendly": ("noise_maps",), "edict": ("pivots_y",)}
 FIELDS = ("method", "prompt", "steps", "guidance_scale", "model_id", "model_fingerprint", "options", "cost")
+FAMILIES = {"sd": "Stable Diffusion 1.x / 2.x", "sdxl": "SDXL"}  # `model_family`; files without one are "sd"
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Inversion:
     options: dict = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
     extras: dict = field(default_factory=dict)  # name in EXTRAS -> tensor
+    model_family: str = "sd"  # `core.conditioning.family`: "sd" (1.x / 2.x) or "sdxl"
 
     @property
     def x_T(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
@@ -78,6 +80,7 @@ class Inversion:
         path = Path(path)
         meta = {k: getattr(self, k) for k in FIELDS if k != "cost"}
         meta["cost"] = asdict(self.cost)
+        meta["model_family"] = self.model_family
         tensors = {
             "pivots": _stored(self.pivots),
             "null_embeddings": self.null_embeddings.float().clone(memory_format=torch.contiguous_format),
@@ -111,8 +114,15 @@ class Inversion:
                    prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy(),
                    extras={k: tensors[k] for k in EXTRAS if k in tensors})
 
-    def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None) -> None:
-        """Refuse to apply this inversion to another model or another number of steps."""
+    def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None, *,
+                         family: str | None = None) -> None:
+        """Refuse to apply this inversion to another model family, another model or another number of steps."""
+        if family is not None and family != self.model_family:
+            raise InputError(
+                f"this inversion was made with the {FAMILIES[self.model_family]} model ({self.model_id!r}), but the "
+                f"loaded {model_id!r} is {FAMILIES.get(family, family)}: the two families' latents and text "
+                f"embeddings do not fit each other. Load {self.model_id!r} (redraft --model ...) or invert the "
+                f"image again with this model.")
         if model_fingerprint != self.model_fingerprint:
             raise InputError(
                 f"this inversion was made with model {self.model_id!r}, not the loaded {model_id!r}: "
@@ -169,7 +179,11 @@ def _metadata(path: Path, header: dict) -> dict:
     missing = [k for k in FIELDS if k not in meta]
     if missing:
         raise InputError(f"{forged}: its metadata has no {', '.join(missing)}. Invert the image again.")
+    family = meta.get("model_family", "sd")
+    if family not in FAMILIES:
+        raise InputError(f"{forged}: its model_family is {family!r}, not one of {', '.join(FAMILIES)}.")
     meta = {k: meta[k] for k in FIELDS}  # fields a later version adds are left out
+    meta["model_family"] = family
     if meta["method"] not in METHODS:
         raise InputError(f"{forged}: its method is {meta['method']!r}, not one of {', '.join(METHODS)}.")
     for name in ("prompt", "model_id", "model_fingerprint"):

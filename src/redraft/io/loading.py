@@ -62,7 +62,7 @@ def check_folder(path: Path) -> None:
             f"{path} is not a diffusers pipeline folder (no model_index.json). Give a folder saved by "
             f"`pipeline.save_pretrained(...)`, a hub id such as runwayml/stable-diffusion-v1-5, or convert "
             f"a single-file checkpoint with diffusers' `StableDiffusionPipeline.from_single_file(...)`.")
-    for sub in ("unet", "vae", "text_encoder"):
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
         folder = path / sub
         if folder.is_dir() and not any(folder.glob("*.safetensors")):
             found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
@@ -96,12 +96,16 @@ def _unreachable(hub_id: str, error: BaseException) -> str:
 
 
 def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype):
-    """A StableDiffusionPipeline with DDIM configured from the model's own schedule and prediction type.
+    """A StableDiffusionPipeline (or StableDiffusionXLPipeline, recognised from its model_index.json:
+    `io.families`) with DDIM configured from the model's own schedule and prediction type.
 
-    The VAE stays in fp32 (fp16 SD VAEs overflow); the UNet and text encoder use `dtype`.
+    The VAE stays in fp32 unless its config sets `force_upcast` false (fp16 SD and SDXL VAEs overflow;
+    diffusers upcasts them the same way); the UNet and text encoders use `dtype`.
     No model weight needs a gradient: they are all frozen.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
+
+    from .families import pipeline_class
 
     hub_errors = _hub_errors()
     source = builtin_path() if model is None else model
@@ -113,17 +117,18 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     if isinstance(where, Path):
         check_folder(where)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(where), dtype=dtype, use_safetensors=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        cls, extra = pipeline_class(where)
+        pipe = cls.from_pretrained(str(where), dtype=dtype, use_safetensors=True, **extra)
     except hub_errors as e:
         if isinstance(where, Path):
             raise InputError(f"could not load {source}: {e}") from None
         raise InputError(_unreachable(where, e)) from None
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    if pipe.vae.dtype != torch.float32:
+    if pipe.vae.dtype != torch.float32 and getattr(pipe.vae.config, "force_upcast", True):
         pipe.vae.to(torch.float32)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if m is None:
+            continue
         m.requires_grad_(False)
         m.eval()
     pipe.to(device)
@@ -137,7 +142,8 @@ def fingerprint(pipe) -> str:
     Stable across dtypes (statistics are rounded), different for another checkpoint of the same architecture.
     """
     h = hashlib.sha256()
-    for name in ("unet", "vae", "text_encoder", "scheduler"):
+    second = getattr(pipe, "text_encoder_2", None)  # SDXL's: part of the model, absent from SD's hash
+    for name in ("unet", "vae", "text_encoder", "scheduler") + (("text_encoder_2",) if second is not None else ()):
         config = getattr(pipe, name).config
         config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
@@ -146,7 +152,11 @@ def fingerprint(pipe) -> str:
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
     probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.vae.decoder.conv_out.weight,
               pipe.text_encoder.get_input_embeddings().weight]
+    if second is not None:
+        probes.append(second.get_input_embeddings().weight)
     for w in probes:
+        if w.is_meta:  # a component not loaded (`bench.scale` frees the text encoders after encoding)
+            continue
         w = w.detach().double()
         h.update(f"{w.sum().item():.3e} {w.abs().sum().item():.3e}".encode())
     return h.hexdigest()[:16]

@@ -78,8 +78,9 @@ class AttentionControl:
                 targets = w * mixed + (1 - w) * targets
             elif not is_cross:
                 targets = source.expand_as(targets)
-            probs = probs.clone()
-            probs[self.cond_rows] = torch.cat([source, targets])
+            if probs.requires_grad:  # layout guidance differentiates through it: keep softmax's output
+                probs = probs.clone()
+            probs[self.cond_rows] = torch.cat([source, targets])  # else in place: no copy of the whole map
         if is_cross and self.store and not observed:
             mean = probs[self.cond_rows].mean(dim=1).float()  # average over heads
             self.maps[pixels] = self.maps.get(pixels, 0) + mean
@@ -164,8 +165,9 @@ class ControlProcessor:
             scores = query @ key.transpose(-1, -2) * scale
             if attention_mask is not None:
                 scores = scores + attention_mask
-            probs = self.control(scores.softmax(dim=-1), is_cross, pixels)
-            return probs @ value
+            probs = scores.softmax(dim=-1)
+            del scores  # [batch, heads, pixels, keys]: at SDXL's 64 x 64 self-attention, 670 MB a row
+            return self.control(probs, is_cross, pixels) @ value
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
 
 

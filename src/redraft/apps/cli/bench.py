@@ -218,3 +218,31 @@ def choose(what: str, given: str | None, known: list[str]) -> list[str]:
     if unknown or not names:
         raise InputError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; the {what}s are: {', '.join(known)}.")
     return names
+
+
+@bench.command("scale")
+@click.option("--family", type=click.Choice(["sd15", "sd21-v", "sdxl"]), required=True,
+              help="the architecture to build from its published configuration, with random weights.")
+@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="sampling steps (keep it small on a CPU).")
+@click.option("--inner-steps", type=click.IntRange(min=0), default=2, show_default=True, help="null-text's inner steps.")
+@click.option("--methods", default=",".join(("ddim", "negative-prompt", "null-text", "direct", "p2p-swap")),
+              show_default=True, help="comma-separated: ddim, negative-prompt, null-text, direct, p2p-swap.")
+@click.option("--dtype", "dtype_name", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="the UNet's and text encoders' dtype (the VAE stays fp32). On a CPU without bf16 units, fp32.")
+@click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+@friendly
+def bench_scale(ctx, family, steps, inner_steps, methods, dtype_name, out_dir):
+    """Full-size architecture, random weights, native size: seconds, UNet samples, ratio to the bare
+    floor and peak memory per method (DDIM, NPI, NTI, Direct, a P2P swap edit)."""
+    import torch
+
+    from ...bench import scale
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    device = ctx.obj["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = scale.run(family, steps=steps, inner_steps=inner_steps, methods=methods.split(","), dtype=dtype,
+                       device=device)
+    click.echo(scale.table(result))
+    click.echo(f"built in {result['build_seconds']:.0f} s, {result['total_seconds']:.0f} s in all; "
+               f"wrote {scale.save(result, Path(out_dir))}")

@@ -32,18 +32,23 @@ def friendly(fn):
 @click.group()
 @click.option("--model", default=None, help="diffusers folder or hub id (default: the built-in shapes model).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present).")
+@click.option("--dtype", "dtype_name", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="UNet and text encoders' dtype (default: fp16 on CUDA, fp32 on the CPU); the VAE stays fp32.")
 @click.option("--describer", default=None, type=click.Path(file_okay=False),
               help="describer folder (default: the model's own, <model>/describer).")
 @click.pass_context
-def main(ctx, model, device, describer):
+def main(ctx, model, device, dtype_name, describer):
     """redraft: describe, invert and edit images with Stable Diffusion."""
-    ctx.obj = {"model": model, "device": device, "describer": describer}
+    ctx.obj = {"model": model, "device": device, "describer": describer, "dtype": dtype_name}
 
 
 def editor_from(ctx):
     from ... import load
 
-    return load(ctx.obj["model"], device=ctx.obj["device"], describer=ctx.obj.get("describer"))
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(ctx.obj.get("dtype") or "")
+    return load(ctx.obj["model"], device=ctx.obj["device"], dtype=dtype, describer=ctx.obj.get("describer"))
 
 
 def finite_guidance(ctx, param, value):
