@@ -249,7 +249,7 @@ def test_the_api_endpoints_check_uploads_themselves(editor, picture, tmp_path):
     page, url = serve(editor, port=port, block=False)
     try:
         client = Client(url, verbose=False)
-        unset = dict(self_max_resolution=None, blend_resolution=None, renoise_step=None)
+        unset = dict(self_max_resolution=None, blend_resolution=None, renoise_step=None, target_guidance=None)
         for api, args in (("/describe", dict(image_path=handle_file(str(bad)))),
                           ("/edit", dict(image=handle_file(str(bad)), prompt=SOURCE, targets=TARGET, **unset))):
             with pytest.raises(Exception, match="not an image that can be read"):

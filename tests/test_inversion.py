@@ -196,7 +196,7 @@ def test_a_model_folder_sets_its_default_guidance(tmp_path, tiny_folder, image):
     (lambda e, im: e.invert(im, "a photo of a cat", steps=2.5), "whole number"),
     (lambda e, im: e.generate("a photo of a cat", guidance_scale=float("nan")), "guidance_scale is nan"),
     (lambda e, im: e.generate("a photo of a cat", seed=-1), "seed"),
-    (lambda e, im: e.generate(["a photo of a cat", "a photo of a dog"], flavour=2), "the controls are: kind"),
+    (lambda e, im: e.generate(["a photo of a cat", "a photo of a dog"], flavour=2), "the controls are: editing, kind"),
 ])
 def test_bad_numbers_and_names_are_refused_before_any_work(editor, image, call, message):
     editor.unet.reset()

@@ -15,11 +15,10 @@ from . import checks
 from .core import conditioning
 from .core.ddim import Schedule
 from .core.prompts import check_prompt, encode_prompts
-from .core.sampling import CountedUNet, denoise
+from .core.sampling import CountedUNet
 from .describe.model import Description
 from .errors import InputError
-from .inversions import METHODS
-from .inversions import methods as new_methods
+from .inversions import METHODS, methods as new_methods
 from .inversions.ddim import ddim_inversion
 from .inversions.direct import on_pivot
 from .inversions.null_text import null_text_optimisation
@@ -291,7 +290,7 @@ class Editor:
         result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
                            "generation", region=region and LatentBlend.on_source_branch(
                                region.latent, stop_step(mask_stop, steps)))
-        return self._finish_region(result, region, None)
+        return region.apply(result, result.images[0]) if region else result
 
     def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
              progress: bool = True, controls: Controls | None = None, mask: MaskLike | None = None,
@@ -334,7 +333,7 @@ class Editor:
                            on_pivot(pivots) if direct else None, progress, "editing", start=start, hooks=hooks,
                            region=region and LatentBlend.on_pivots(region.latent, pivots,
                                                                    stop_step(mask_stop, inversion.steps)))
-        return self._finish_region(result, region, inversion.image)
+        return region.apply(result, inversion.image) if region else result
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
                        steps: int = 50, progress: bool = True) -> WordMaps:
@@ -428,19 +427,11 @@ class Editor:
         pixels = load_mask(mask, (image_hw[1], image_hw[0]))
         return Region.make(pixels, latent_hw, self.pipeline.vae_scale_factor, keep_outside, self.device)
 
-    @staticmethod
-    def _finish_region(result: EditResult, region: Region | None, original) -> EditResult:
-        """The edits' pixels outside the mask's band from `original` (None: the source branch's image)."""
-        if region is not None:
-            result.images = region.finish(result.images, result.images[0] if original is None else original)
-            result.region = region
-        return result
-
     def check_size(self, size) -> tuple[int, int]:
         """(height, width) checked to be positive multiples of the VAE's factor; None: the native square."""
+        f = self.pipeline.vae_scale_factor
         if size is None:
             return (self.resolution, self.resolution)
-        f = self.pipeline.vae_scale_factor
         if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < f or v % f for v in size):
             raise InputError(f"size must be (height, width) in pixels, each a multiple of {f} (this model's VAE "
                              f"factor); got {size!r}. The model's native size is {self.resolution}.")
@@ -456,5 +447,4 @@ class Editor:
 
 def per_step_nulls(inversion: Inversion) -> torch.Tensor:
     """[N, L, D]: the unconditional embedding of every step."""
-    return inversion.null_embeddings.expand(inversion.steps, -1, -1) if len(inversion.null_embeddings) == 1 \
-        else inversion.null_embeddings
+    return inversion.null_embeddings.expand(inversion.steps, -1, -1)  # [1, L, D] or already [N, L, D]

@@ -127,6 +127,11 @@ class Region:
         keep = band(mask, *default_band(vae_scale_factor)) if keep_outside == "pixels" else None
         return cls(mask, latent_mask(mask, latent_hw, device), keep, keep_outside)
 
+    def apply(self, result, original: np.ndarray | Image.Image):
+        """An `EditResult` with its edits' pixels outside the band from `original`, and this region on it."""
+        result.images, result.region = self.finish(result.images, original), self
+        return result
+
     def finish(self, images: list[Image.Image], original: np.ndarray | Image.Image) -> list[Image.Image]:
         """[source branch, edits...] with each edit's pixels outside the band taken from `original`."""
         if self.keep is None:
