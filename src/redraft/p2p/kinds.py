@@ -1,0 +1,118 @@
+"""What kind of edit two prompts ask for, read from what any model shows (no vocabulary of its own).
+
+An edit has a *structure* and an *extent*:
+- structure, from the prompts' words (P2P sec. 3.2): "replace" (a word swap: as many words, some
+  differ), "refine" (words inserted or deleted), "reweight" (the same words; only attention factors);
+- extent, from the attention maps of the changed words over the source image: "global" when the map
+  spreads over most of the image (a background, a style), "local" when it is compact (an object's
+  colour, shape or size). The spread is the map's participation ratio (sum m)^2 / (n sum m^2): 1 for a
+  uniform map, the covered share for a map that is flat over a region, 1/n for a single cell.
+
+The maps come from one conditional UNet pass of every prompt on the source latent where the edit
+starts (`probe_maps`): swapped and deleted words are read in the source's row, inserted words in
+their target's row (on the source latent, so they show where that word would act). A model's editing
+recipe (`p2p.recipe`) is keyed by these kinds, so the same rule serves the built-in model and SD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import tokens as W
+from .attention import AttentionControl, controlled
+
+STRUCTURES = ("replace", "refine", "reweight")
+EXTENTS = ("local", "global")
+GLOBAL_SPREAD = 0.5  # default: a changed word's map spreading over at least half the image is a global change
+
+
+@dataclass(frozen=True)
+class EditKind:
+    """The kind of one edit (source prompt -> target prompt)."""
+
+    structure: str         # "replace", "refine" or "reweight"
+    extent: str            # "local" or "global"
+    spread: float          # participation ratio of the changed words' mean attention map, in (0, 1]
+    words: tuple[str, ...]  # the changed words (source's for swaps and deletions, target's for insertions)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Recipe keys from the most general to the most specific: extent, structure, structure/extent."""
+        return (self.extent, self.structure, f"{self.structure}/{self.extent}")
+
+    def __str__(self) -> str:
+        return f"{self.structure}/{self.extent} (spread {self.spread:.2f} of {', '.join(self.words) or '-'})"
+
+
+def changed_words(source: str, target: str, reweighted: tuple[str, ...] = ()) -> tuple[str, list[int], list[int]]:
+    """(structure, changed word indices in the source, changed word indices in the target).
+
+    Words are compared case- and punctuation-blind; a refinement's words are aligned globally
+    (Needleman-Wunsch, as P2P's refinement mapper aligns tokens), and target words aligned to no equal
+    source word are inserted, source words left unaligned are deleted. Re-weighting: the re-weighted
+    words of the target.
+    """
+    src, tgt = [W._normal(w) for w in source.split()], [W._normal(w) for w in target.split()]
+    if src == tgt:
+        return "reweight", [], [i for i, w in enumerate(tgt) if w in {W._normal(r) for r in reweighted}]
+    if len(src) == len(tgt):
+        differ = [i for i, (a, b) in enumerate(zip(src, tgt)) if a != b]
+        return "replace", differ, []
+    aligned = W._align(src, tgt)
+    kept = {s for t, s in enumerate(aligned) if s is not None and src[s] == tgt[t]}
+    inserted = [t for t, s in enumerate(aligned) if s is None or src[s] != tgt[t]]
+    deleted = [s for s in range(len(src)) if s not in kept]
+    return "refine", deleted, inserted
+
+
+def spread(m: torch.Tensor) -> float:
+    """Participation ratio (sum m)^2 / (n sum m^2) of a non-negative map [h, w]."""
+    m = m.float().clamp(min=0).flatten()
+    energy = float((m * m).sum())
+    return float(m.sum() ** 2 / (m.numel() * energy)) if energy > 0 else 1.0
+
+
+@torch.no_grad()
+def probe_maps(model, z: torch.Tensor, t, cond: torch.Tensor, step: int) -> torch.Tensor:
+    """[B, h, w, L]: one conditional UNet pass of every prompt (cond [B, L, D]) on the source latent z
+    [1, C, h, w] at timestep t, its cross-attention averaged over layers and heads (all resolutions,
+    resized to the finest). Costs B UNet passes."""
+    control = AttentionControl(tuple(z.shape[-2:]))
+    with controlled(model, control):
+        model(z.expand(len(cond), -1, -1, -1), t, cond, step=step, cond_rows=slice(0, len(cond)))
+    return control.cross_maps()
+
+
+def _shares(maps: torch.Tensor, words: list[list[int]]) -> torch.Tensor:
+    """maps [h, w, L] as each cell's share of the attention it gives the prompt's words (start token and
+    padding left out): which word a cell looks at, whatever its total."""
+    positions = [p for w in words for p in w]
+    total = maps[..., positions].sum(-1, keepdim=True)
+    return maps / total.clamp(min=1e-12)
+
+
+def _spread_of(m: torch.Tensor) -> float:
+    return spread(m)  # looked up at call time (experiments swap the measure)
+
+
+def edit_kinds(tokenizer, prompts: list[str], maps: torch.Tensor, reweighted: tuple[str, ...] = (),
+               global_spread: float = GLOBAL_SPREAD) -> list[EditKind]:
+    """The kind of each edit prompts[0] -> prompts[k], k >= 1, from the probe's maps [B, h, w, L]."""
+    source = prompts[0]
+    src_tokens = W.word_tokens(tokenizer, source)
+    kinds = []
+    for row, target in enumerate(prompts[1:], start=1):
+        structure, in_source, in_target = changed_words(source, target, reweighted)
+        tgt_tokens = W.word_tokens(tokenizer, target)
+        shares = [_shares(maps[0], src_tokens), _shares(maps[row], tgt_tokens)]
+        pieces = [shares[0][..., src_tokens[i]] for i in in_source] + [shares[1][..., tgt_tokens[i]] for i in in_target]
+        words = tuple(source.split()[i] for i in in_source) + tuple(target.split()[i] for i in in_target)
+        if pieces:
+            m = torch.cat(pieces, dim=-1).mean(-1)
+            s = _spread_of(m)
+        else:  # nothing changed that a map could show (e.g. a re-weighting of no word)
+            s = 0.0
+        kinds.append(EditKind(structure, "global" if s >= global_spread else "local", round(s, 4), words))
+    return kinds
