@@ -84,7 +84,7 @@ def test_edit_generate_and_attention_write_pictures(run, image, tmp_path):
 
 
 def test_generate_self_resolution_reaches_the_controls(run, tmp_path):
-    """--self-resolution 0 injects self-attention in no layer: the same picture as --self-steps 0."""
+    """--self-resolution 0 injects self-attention in no layer (the same picture as --self-steps 0), 64 in all."""
     import numpy as np
     from PIL import Image
 
@@ -96,7 +96,7 @@ def test_generate_self_resolution_reaches_the_controls(run, tmp_path):
 
     none = picture("none.png", "--self-steps", "0")
     assert np.array_equal(picture("zero.png", "--self-steps", "1", "--self-resolution", "0"), none)
-    assert not np.array_equal(picture("rule.png", "--self-steps", "1"), none)
+    assert not np.array_equal(picture("all.png", "--self-steps", "1", "--self-resolution", "64"), none)
 
 
 @pytest.mark.parametrize("extra, message", [

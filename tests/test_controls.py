@@ -128,7 +128,7 @@ def test_every_control_reaches_edit_from_the_command_line(tiny_folder, image, tm
                                   *cli_options(SAMPLE)])
     assert r.exit_code == 0, r.output
     assert received == [Controls(**SAMPLE)]
-    assert "controls: {" in r.output and '"renoise_seed": 3' in r.output  # printed: the controls in effect
+    assert "controls of edit 1" in r.output and '"renoise_seed": 3' in r.output  # printed: the controls in effect
     # echoed into the outputs: --controls OUTPUT.png gives the same controls back
     assert Controls.load(tmp_path / "out.png") == Controls(**SAMPLE)
     assert Controls.load(tmp_path / "out.grid.png") == Controls(**SAMPLE)

@@ -161,11 +161,16 @@ def test_edit_errors(editor, image):
 
 
 def test_self_max_resolution_sets_the_layers_with_self_attention_injected(editor):
-    """P2P's rule: self-attention layers of at most half the latent's side; `self_max_resolution` moves it."""
+    """The reference notebooks' rule: self-attention in layers of at most half the latent's side for an
+    inverted image (null_text_w_ptp: 32 of SD's 64), a quarter when generating (prompt-to-prompt_stable: 16 of
+    64); `self_max_resolution` moves it."""
     from redraft.p2p.plan import plan
 
     prompts = [PROMPT, "a photo of a dog"]
-    assert plan(editor.pipeline.tokenizer, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
+    tok = editor.pipeline.tokenizer
+    assert plan(tok, prompts, Controls(), STEPS, (16, 16)).self_max_pixels == 64
+    assert plan(tok, prompts, Controls(), STEPS, (64, 64)).self_max_pixels == 32 ** 2
+    assert plan(tok, prompts, Controls(), STEPS, (64, 64), inverted=False).self_max_pixels == 16 ** 2
     assert plan(editor.pipeline.tokenizer, prompts, Controls(self_max_resolution=16), STEPS, (16, 16)).self_max_pixels == 256
 
 

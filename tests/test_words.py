@@ -120,14 +120,14 @@ def test_refinement_added_words(tok):
     assert mapper[:5].tolist() == [0, 1, 2, 3, 4] and mapper[7] == 5 and mapper[8] == 6
     assert alphas[5] == 0 and alphas[6] == 0
     assert alphas[:5].tolist() == [1.0] * 5 and alphas[7:].tolist() == [1.0] * 70
-    assert mapper[9:].tolist() == list(range(7, 75))  # padding after the end token follows the source's
+    assert mapper[9:].tolist() == list(range(9, 77))  # padding after the end token maps to itself (the reference)
 
 
 def test_refinement_removed_words(tok):
     mapper, alphas = refinement_mapper(tok, "a photo of a big red cat", "a photo of a cat")
     assert mapper[:7].tolist() == [0, 1, 2, 3, 4, 7, 8]
     assert torch.equal(alphas, torch.ones(77))
-    assert mapper[7] == 9 and mapper[74] == 76 and mapper[76] == 76  # past max_len: the last position
+    assert mapper[7:].tolist() == list(range(7, 77))  # padding maps to itself, as the reference's get_mapper
 
 
 def test_refinement_multi_piece_insertion(tok):
@@ -168,6 +168,8 @@ def test_step_windows_fraction_and_pair():
     assert on[:8].all() and not on[8:].any()
     assert step_windows(0.7, 10)[:, 0].tolist() == [True] * 7 + [False] * 3  # 0.7 * 10 is 7.000000000000001
     assert step_windows(0.29, 100)[:, 0].sum() == 29  # 0.29 * 100 is 28.999999999999996
+    assert step_windows(0.45, 50)[:, 0].sum() == 22  # the reference's int(0.45 * 50), not 23
+    assert step_windows((0.25, 0.55), 10)[:, 0].tolist() == [False] * 2 + [True] * 3 + [False] * 5  # int(2.5)..int(5.5)
     assert step_windows((0.2, 0.5), 10)[:, 5].tolist() == [False] * 2 + [True] * 3 + [False] * 5
     assert not step_windows(0.0, 10).any() and step_windows(1, 10).all()
 

@@ -22,7 +22,6 @@ import redraft.p2p.attention as attention_module
 import redraft.editor as editor_module
 from redraft.bench.shapes import SEED, kept
 from redraft.p2p.controls import Controls
-from redraft.editor import per_step_nulls
 from redraft.core.sampling import denoise
 from redraft.shapes import world
 
@@ -51,7 +50,7 @@ def edit(ed, inv, targets, guidance: float, skip: int, self_everywhere: bool, so
     prompts = [inv.prompt, *targets]
     b = len(prompts)
     cond = torch.cat([inv.prompt_embedding[None], ed.embed(targets)])
-    uncond = per_step_nulls(inv)[:, None].expand(-1, b, -1, -1)
+    uncond = inv.per_step_nulls()[:, None].expand(-1, b, -1, -1)
     x_T = inv.x_T[None].expand(b, -1, -1, -1)
 
     def on_pivots(i, z):

@@ -24,17 +24,20 @@ from .inversions.direct import on_pivot
 from .inversions.null_text import null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
-from .io.mask import MaskLike, load_mask
-from .io.loading import BUILTIN, DEFAULT_GUIDANCE, default_device, fingerprint, load_pipeline, recommended_guidance
-from .p2p import tokens as W
+from .io.mask import MaskLike
+from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, default_device, editing_recipe, fingerprint, load_pipeline,
+                         recommended_guidance)
 from .p2p.attention import AttentionControl, controlled
 from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
+from .p2p import recipe as R
+from .p2p.kinds import probe_maps
+from .p2p.recipe import REFERENCE, Recipe
 from .p2p import editors
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
 from .p2p.plan import plan, skipped_steps
-from .p2p.region import LatentBlend, Region, check_keep_outside, stop_step
+from .p2p.region import LatentBlend, Region, stop_step
 from .p2p.renoise import Renoise
 from .results import EditResult, WordMaps
 
@@ -45,23 +48,24 @@ def load(model: str | None = None, *, device: str | torch.device | None = None,
 
     Device defaults to CUDA when present; dtype to fp16 on CUDA and fp32 on the CPU. `describer`: a
     describer folder for `Editor.describe` (default: `<model folder>/describer` if there is one). The
-    editor's `guidance_scale` is the model's own (`loading.recommended_guidance`: SD's 7.5 unless the
-    folder says otherwise).
+    editor's `guidance_scale` and `recipe` (how it edits when no control is passed, `p2p.recipe`) are the
+    model's own (its redraft.json), else SD's 7.5 and Prompt-to-Prompt's published defaults.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     pipe = load_pipeline(model, device, dtype)
     return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer,
-                  guidance_scale=recommended_guidance(model))
+                  guidance_scale=recommended_guidance(model), recipe=editing_recipe(model))
 
 
 class Editor:
     """Describes, inverts, reconstructs and edits images with one Stable Diffusion pipeline."""
 
     def __init__(self, pipeline, model_id: str, describer: str | Path | None = None,
-                 guidance_scale: float = DEFAULT_GUIDANCE):
+                 guidance_scale: float = DEFAULT_GUIDANCE, recipe: Recipe = REFERENCE):
         self.pipeline = pipeline
         self.guidance_scale = guidance_scale  # used wherever a call gives none
+        self.recipe = recipe  # the controls of an edit that passes none (`p2p.recipe`)
         self.model_id = model_id
         self.describer_path = Path(describer) if describer is not None else None  # None: the model's own
         self._describer = None  # loaded on first use
@@ -254,7 +258,7 @@ class Editor:
         schedule = self.schedule(first.steps)
         x_T = torch.stack([x.x_T for x in inversions]).to(self.device)
         cond = torch.stack([x.prompt_embedding for x in inversions]).to(self.device)
-        uncond = torch.stack([per_step_nulls(x) for x in inversions], dim=1).to(self.device)
+        uncond = torch.stack([x.per_step_nulls() for x in inversions], dim=1).to(self.device)
         h = new_methods.hooks(inversions, len(inversions), schedule, self.device)
         return h.loop(self.unet, schedule, x_T, cond, uncond, first.guidance_scale, progress=progress,
                       desc="reconstruction", noise=h.noise, rule=h.rule, callback=h.callback)
@@ -263,44 +267,53 @@ class Editor:
 
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
-                 controls: Controls | None = None, size: tuple[int, int] | None = None, mask: MaskLike | None = None,
-                 keep_outside: str = "pixels", mask_stop: float = 1.0, **overrides) -> EditResult:
+                 controls: Controls | str | None = None, size: tuple[int, int] | None = None,
+                 mask: MaskLike | None = None, keep_outside: str = "pixels", mask_stop: float = 1.0,
+                 **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
         Prompt 0 is the source, the others are Prompt-to-Prompt edits of it: `controls` (a `Controls`;
-        None: the paper's), with `overrides` set field by field (`cross_replace_steps=0.6`, ...).
+        "paper": the P2P paper's; None: the model's recipe for each edit's kind, `p2p.recipe`), with
+        `overrides` set field by field (`cross_replace_steps=0.6`, ...).
         Returns an `EditResult` (one image per prompt). `guidance_scale`: None is the editor's. `size`:
         (height, width) in pixels, multiples of the VAE's factor (None: the model's native square).
         `mask` confines the edits to a region, as in `edit`; what is kept is the source branch's image.
         """
-        controls = Controls.make(controls, **overrides)
         guidance_scale = self.guidance(guidance_scale)
         seed = checks.whole("seed", seed, 0)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        schedule, size = self.schedule(steps), self.check_size(size)
+        ids = conditioning.time_ids(size, size)
+        cond = self.embed(prompts, ids)
+        x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
+        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, False,
+                          lambda: probe_maps(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
+        if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
+            return EditResult.joined([self.generate([prompts[0], *(prompts[k + 1] for k in ks)], seed=seed, steps=steps,
+                                      guidance_scale=guidance_scale, negative_prompt=negative_prompt, progress=progress,
+                                      controls=c, size=size, mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)
+                                      for c, _, ks in parts], [ks for *_, ks in parts])
+        controls = rows[0][0] if rows else R.in_effect(self.recipe, None, controls, overrides, False)[0]
         if controls.skip_steps:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
                              "(invert an image and edit it, or leave skip_steps at 0).")
-        schedule = self.schedule(steps)
-        size = self.check_size(size)
-        ids = conditioning.time_ids(size, size)
-        cond = self.embed(prompts, ids)
         uncond = self.embed([negative_prompt] * len(prompts), ids)
-        x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
-        region = self._region(mask, keep_outside, size, tuple(x_T.shape[-2:]))
+        region = Region.of(mask, keep_outside, size, tuple(x_T.shape[-2:]), self.pipeline.vae_scale_factor, self.device)
         result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
                            "generation", region=region and LatentBlend.on_source_branch(
                                region.latent, stop_step(mask_stop, steps)))
         return region.apply(result, result.images[0]) if region else result
 
-    def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool = False,
-             progress: bool = True, controls: Controls | None = None, mask: MaskLike | None = None,
+    def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool | None = None,
+             progress: bool = True, controls: Controls | str | None = None, mask: MaskLike | None = None,
              keep_outside: str = "pixels", mask_stop: float = 1.0, **overrides) -> EditResult:
         """Edit an inverted image by editing its prompt: an `EditResult` [source branch, edit 1, ...].
 
         All branches start from the inversion's x_T (or its pivot at `skip_steps`) and use its per-step
         unconditional embeddings (null-text: the optimised ones; negative-prompt: the source prompt's).
-        The source branch reproduces `reconstruct(inversion)`. `controls` (None: the paper's) with
-        `overrides` set field by field. `direct=True` is Direct Inversion (`inversions.direct`).
+        The source branch reproduces `reconstruct(inversion)`. `controls` (None: the model's recipe for
+        each edit's kind, `p2p.recipe`; "paper": the P2P paper's; or a `Controls`) with `overrides` set
+        field by field. `direct=True` is Direct Inversion (`inversions.direct`; None: the recipe's).
 
         `mask` (a PIL image, an array or a path; white or True = may change, soft values allowed; resized
         to the inversion's image when only its size differs, `io.mask`) confines every edit to a region
@@ -311,7 +324,6 @@ class Editor:
         the steps, Blended Latent Diffusion's 1: all) ends the latent blend early, so that the last steps
         can mend a VAE whose latents are not local (the built-in model's, for a new background).
         """
-        controls = Controls.make(controls, **overrides)
         inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
@@ -320,19 +332,30 @@ class Editor:
             check_prompt(self.pipeline.tokenizer, t, what="target prompt", allow_empty=False)
         prompts = [inversion.prompt, *targets]
         schedule = self.schedule(inversion.steps)
-        b = len(prompts)
+        b, mid = len(prompts), inversion.steps // 2  # the extent is read on the pivot half-way (`p2p.kinds`)
         source = inversion.prompt_embedding[None].to(self.device)
         cond = torch.cat([source, self.embed(targets, like=source)])
-        uncond = per_step_nulls(inversion)[:, None].expand(-1, b, -1, -1).to(self.device)
-        start = skipped_steps(controls.skip_steps, inversion.steps)
         pivots = inversion.pivots.to(self.device)
+        if direct is None and inversion.method in new_methods.NO_DIRECT:
+            direct = False  # the recipe's Direct Inversion needs a DDIM-like pivot
+        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, direct,
+                          lambda: probe_maps(self.unet, pivots[mid][None], schedule.timesteps[mid], cond, mid))
+        if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
+            return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], direct=d, progress=progress, controls=c,
+                                                mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)
+                                      for c, d, ks in parts], [ks for *_, ks in parts])
+        controls, direct = rows[0]
+        uncond = inversion.per_step_nulls()[:, None].expand(-1, b, -1, -1).to(self.device)
+        start = skipped_steps(controls.skip_steps, inversion.steps)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
-        region = self._region(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]))
+        region = Region.of(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]),
+                           self.pipeline.vae_scale_factor, self.device)
         hooks = new_methods.hooks([inversion], b, schedule, self.device, start, direct)
         result = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
                            on_pivot(pivots) if direct else None, progress, "editing", start=start, hooks=hooks,
                            region=region and LatentBlend.on_pivots(region.latent, pivots,
                                                                    stop_step(mask_stop, inversion.steps)))
+        result.direct = direct
         return region.apply(result, inversion.image) if region else result
 
     def attention_maps(self, image: ImageLike | Inversion, prompt: str | None = None, *, resolution: int | None = None,
@@ -355,14 +378,7 @@ class Editor:
                   image: Image.Image | None = None, resolution: int | None = None, row: int = 0) -> WordMaps:
         """One map per word of prompt `row`, from an `EditResult` (its prompt and image by default) or
         an attention store."""
-        if isinstance(source, EditResult):
-            prompt = source.prompts[row] if prompt is None else prompt
-            image = source.images[row] if image is None else image
-            source = source.attention
-        maps = source.cross_maps(resolution)[row]  # [h, w, L]
-        pieces = W.word_tokens(self.pipeline.tokenizer, prompt)
-        per_word = torch.stack([maps[..., p].mean(-1) for p in pieces]).cpu().numpy()
-        return WordMaps(prompt.split(), per_word, image, resolution)
+        return WordMaps.read(self.pipeline.tokenizer, source, prompt, image, resolution, row)
 
     @contextmanager
     def using_unet(self, unet: CountedUNet):
@@ -390,7 +406,7 @@ class Editor:
         editing = len(prompts) > 1
         latent_hw = tuple(z_start.shape[-2:])
         control = AttentionControl(latent_hw, plan=editors.own_plan(
-            plan(tokenizer, prompts, controls, steps, latent_hw), controls) if editing else None)
+            plan(tokenizer, prompts, controls, steps, latent_hw, inverted=desc != "generation"), controls) if editing else None)
         processors = editors.processors(self.unet.unet, control, controls, tokenizer, prompts, steps) if editing else {}
         blend = LocalBlend.from_controls(tokenizer, prompts, controls, control, steps)
         guide = layout_guidance(self.unet, control, tokenizer, prompts, cond, controls.layout_guidance,
@@ -419,23 +435,9 @@ class Editor:
         return EditResult(images, list(prompts), controls, control, z, blend_mask,
                           self.unet.forward, self.unet.backward, time.perf_counter() - started)
 
-    def _region(self, mask, keep_outside: str, image_hw: tuple[int, int], latent_hw) -> Region | None:
-        """The user's mask at the image's size (`io.mask.load_mask`) and what it blends, or None."""
-        check_keep_outside(keep_outside)
-        if mask is None:
-            return None
-        pixels = load_mask(mask, (image_hw[1], image_hw[0]))
-        return Region.make(pixels, latent_hw, self.pipeline.vae_scale_factor, keep_outside, self.device)
-
     def check_size(self, size) -> tuple[int, int]:
         """(height, width) checked to be positive multiples of the VAE's factor; None: the native square."""
-        f = self.pipeline.vae_scale_factor
-        if size is None:
-            return (self.resolution, self.resolution)
-        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < f or v % f for v in size):
-            raise InputError(f"size must be (height, width) in pixels, each a multiple of {f} (this model's VAE "
-                             f"factor); got {size!r}. The model's native size is {self.resolution}.")
-        return tuple(size)
+        return conditioning.check_size(size, self.pipeline.vae_scale_factor, self.resolution)
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""
@@ -444,7 +446,3 @@ class Editor:
         shape = (1, self.pipeline.unet.config.in_channels, h // f, w // f)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
 
-
-def per_step_nulls(inversion: Inversion) -> torch.Tensor:
-    """[N, L, D]: the unconditional embedding of every step."""
-    return inversion.null_embeddings.expand(inversion.steps, -1, -1)  # [1, L, D] or already [N, L, D]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..errors import InputError
+
 TIME_IDS = 6  # original (h, w), crop top-left (top, left), target (h, w): SDXL's _get_add_time_ids
 
 
@@ -113,7 +115,6 @@ def check_aligned(pipeline, prompt: str) -> None:
     """Refuse a prompt that SDXL's two tokenizers split differently: token position k of the
     concatenated embedding must be the same piece of the same word in both, or per-word attention
     maps and Prompt-to-Prompt's token mappers would mix two words."""
-    from ..errors import InputError
 
     first, second = pipeline.tokenizer, pipeline.tokenizer_2
     for word in prompt.split():
@@ -140,3 +141,13 @@ def pooled_trainable(model, on: bool):
         yield model
     finally:
         model.layout = saved
+
+
+def check_size(size, factor: int, native: int) -> tuple[int, int]:
+    """(height, width) checked to be positive multiples of the VAE's `factor`; None: the `native` square."""
+    if size is None:
+        return (native, native)
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < factor or v % factor for v in size):
+        raise InputError(f"size must be (height, width) in pixels, each a multiple of {factor} (this model's VAE "
+                         f"factor); got {size!r}. The model's native size is {native}.")
+    return tuple(size)

@@ -98,6 +98,9 @@ class Hooks:
     callback: Callable | None = None
 
 
+NO_DIRECT = ("edict",)  # inversions that Direct Inversion cannot edit (no single DDIM pivot)
+
+
 def hooks(inversions: Sequence, rows: int, schedule: Schedule, device, start: int = 0, direct: bool = False) -> Hooks:
     """The hooks for a batch of `rows` latents: one row per inversion (replay), or every row from one
     inversion (an edit batch [source, target...]), from step `start`; `direct`: Direct Inversion too."""

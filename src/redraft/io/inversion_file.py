@@ -70,6 +70,10 @@ class Inversion:
     def x_T(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
         return self.pivots[0]
 
+    def per_step_nulls(self) -> torch.Tensor:
+        """[N, L, D]: the unconditional embedding of every step."""
+        return self.null_embeddings.expand(self.steps, -1, -1)  # [1, L, D] or already [N, L, D]
+
     def null_embedding(self, i: int) -> torch.Tensor:
         """The unconditional embedding of step i."""
         return self.null_embeddings[i if len(self.null_embeddings) > 1 else 0]

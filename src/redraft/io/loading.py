@@ -38,6 +38,21 @@ def recommended_guidance(model: str | Path | None) -> float:
     return float(value)
 
 
+def editing_recipe(model: str | Path | None):
+    """How a model edits when no control is passed (`p2p.recipe.Recipe`): the "editing" entry of the
+    folder's redraft.json (the built-in shapes model ships one), else Prompt-to-Prompt's defaults."""
+    from ..p2p.recipe import REFERENCE, Recipe
+
+    path = Path(str(builtin_path() if model is None else model)) / SETTINGS
+    if not path.is_file():
+        return REFERENCE
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise InputError(f"{path} is not JSON; fix or delete it.") from None
+    return Recipe.from_json(data["editing"], f"{path}'s \"editing\"") if "editing" in data else REFERENCE
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

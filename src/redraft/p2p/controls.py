@@ -92,8 +92,8 @@ class Controls:
         help="fraction of the steps (or START,END) in which the source's self-attention replaces the edits'")
     self_max_resolution: int | None = control(
         None, group="attention windows", type="integer", flag="self-resolution", range=(0, None), optional=True,
-        help="self-attention is injected in layers whose side is at most this many cells (unset: P2P's rule, "
-             "half the latent's side)")
+        help="self-attention is injected in layers whose side is at most this many cells (unset: the reference "
+             "code's rule: a quarter of the latent's side when generating, half when editing an inverted image)")
     # -- LocalBlend (P2P sec. 3.2, "local editing"; `redraft.p2p.blend`)
     blend: Sequence[str] = control(
         [], group="LocalBlend", type="words", flag="blend",

@@ -33,7 +33,7 @@ class EditKind:
     """The kind of one edit (source prompt -> target prompt)."""
 
     structure: str         # "replace", "refine" or "reweight"
-    extent: str            # "local" or "global"
+    extent: str            # "local" or "global" ("unread" when no map was read: `structure_kind`)
     spread: float          # participation ratio of the changed words' mean attention map, in (0, 1]
     words: tuple[str, ...]  # the changed words (source's for swaps and deletions, target's for insertions)
 
@@ -65,6 +65,13 @@ def changed_words(source: str, target: str, reweighted: tuple[str, ...] = ()) ->
     inserted = [t for t, s in enumerate(aligned) if s is None or src[s] != tgt[t]]
     deleted = [s for s in range(len(src)) if s not in kept]
     return "refine", deleted, inserted
+
+
+def structure_kind(source: str, target: str, reweighted: tuple[str, ...] = ()) -> EditKind:
+    """The kind of an edit read from its prompts alone (no maps: the extent is "unread")."""
+    structure, in_source, in_target = changed_words(source, target, reweighted)
+    words = tuple(source.split()[i] for i in in_source) + tuple(target.split()[i] for i in in_target)
+    return EditKind(structure, "unread", float("nan"), words)
 
 
 def spread(m: torch.Tensor) -> float:

@@ -25,8 +25,24 @@ def skipped_steps(skip_steps: float, steps: int) -> int:
     return int(skip_steps * steps + 1e-9)  # rounded down, so at least one step is left
 
 
-def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int]) -> EditPlan:
-    """The EditPlan that turns source prompt 0 into each of prompts 1..B-1."""
+def self_max_side(latent_hw: tuple[int, int], inverted: bool) -> int:
+    """The side of the largest self-attention layer P2P injects in when `self_max_resolution` is unset.
+
+    The reference notebooks (reference.md, P2P): generation injects in layers of at most 16 x 16 cells
+    (prompt-to-prompt_stable, `<= 16 ** 2`), real-image editing in layers of at most 32 x 32
+    (null_text_w_ptp, `<= 32 ** 2`). On SD 1.x at 512 px (a 64 x 64 latent) these are a quarter and half
+    of the latent's side, which is what redraft uses on every model, so that other latent sizes select
+    the same levels of the UNet (the reference's absolute counts would select others: stated deviation).
+    """
+    h, w = latent_hw
+    side = int(round((h * w) ** 0.5))
+    return side // 2 if inverted else side // 4
+
+
+def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, latent_hw: tuple[int, int],
+         *, inverted: bool = True) -> EditPlan:
+    """The EditPlan that turns source prompt 0 into each of prompts 1..B-1 (`inverted`: an edit of an
+    inverted image, which sets the self-attention layers of `self_max_side`)."""
     source, targets = prompts[0], list(prompts[1:])
     L = tokenizer.model_max_length
     kind = controls.kind
@@ -54,10 +70,9 @@ def plan(tokenizer, prompts: Sequence[str], controls: Controls, steps: int, late
         equalizers.append(W.reweight_vector(tokenizer, target, weights, L))
         windows.append(W.step_windows(controls.cross_replace_steps, steps, tokenizer, target, L))
     self_window = W.step_window(controls.self_replace_steps, steps)
-    h, w = latent_hw
     side = controls.self_max_resolution
     if side is not None and side < 0:
         raise InputError(f"self_max_resolution is a layer's side in pixels (0 or more, or None for P2P's rule); got {side}.")
-    self_max_pixels = (h * w) // 4 if side is None else side * side
+    side = self_max_side(latent_hw, inverted) if side is None else side
     return EditPlan(torch.stack(mappers), torch.stack(alphas), torch.stack(equalizers), torch.stack(windows),
-                    self_window, self_max_pixels=self_max_pixels)
+                    self_window, self_max_pixels=side * side)

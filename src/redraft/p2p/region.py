@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..checks import finite
 from ..errors import InputError
+from ..io.mask import load_mask
 
 KEEP_OUTSIDE = ("pixels", "latents")
 # The pixel band: not grown beyond the feather, which reaches a quarter of a latent cell past the mask (1 px
@@ -126,6 +127,16 @@ class Region:
         keep_outside = check_keep_outside(keep_outside)
         keep = band(mask, *default_band(vae_scale_factor)) if keep_outside == "pixels" else None
         return cls(mask, latent_mask(mask, latent_hw, device), keep, keep_outside)
+
+    @classmethod
+    def of(cls, mask, keep_outside: str, image_hw: tuple[int, int], latent_hw: tuple[int, int],
+           vae_scale_factor: int, device=None) -> "Region | None":
+        """The user's mask (`io.mask.MaskLike`, None: no region) at the image's size, made into a Region."""
+        check_keep_outside(keep_outside)
+        if mask is None:
+            return None
+        pixels = load_mask(mask, (image_hw[1], image_hw[0]))
+        return cls.make(pixels, latent_hw, vae_scale_factor, keep_outside, device)
 
     def apply(self, result, original: np.ndarray | Image.Image):
         """An `EditResult` with its edits' pixels outside the band from `original`, and this region on it."""

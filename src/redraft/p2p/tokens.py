@@ -152,8 +152,8 @@ def refinement_mapper(tokenizer, source: str, target: str, max_len: int = 77) ->
     The source and target tokens (start to end token) are aligned globally; then
     target maps := alphas * source_maps[..., mapper] + (1 - alphas) * target maps.
     alphas[t] is 1 where target token t is aligned to an equal source token (mapper[t] = its position)
-    and 0 where it is new (mapper[t] = 0, unused). Padding after the target's end token takes the
-    matching position after the source's (the source's last position if that lies past max_len).
+    and 0 where it is new (mapper[t] = 0, unused). Padding after the target's end token maps to itself
+    (mapper[t] = t), as in the reference (`seq_aligner.get_mapper`).
     """
     src, tgt = _tokens(tokenizer, source, max_len), _tokens(tokenizer, target, max_len)
     mapper, alphas = torch.zeros(max_len, dtype=torch.long), torch.zeros(max_len)
@@ -161,7 +161,7 @@ def refinement_mapper(tokenizer, source: str, target: str, max_len: int = 77) ->
         if s is not None and src[s] == tgt[t]:
             mapper[t], alphas[t] = s, 1.0
     for t in range(len(tgt), max_len):
-        mapper[t], alphas[t] = min(t - len(tgt) + len(src), max_len - 1), 1.0
+        mapper[t], alphas[t] = t, 1.0
     return mapper, alphas
 
 
@@ -194,7 +194,7 @@ def step_window(value, steps: int, what: str = "the step window") -> torch.Tenso
         raise InputError(
             f"{what} is {value!r}, but it must be a fraction of the steps in [0, 1] (meaning steps 0 to f) "
             f"or a pair (start, end) with 0 <= start <= end <= 1; e.g. 0.8 or (0.0, 0.8).")
-    first, stop = (math.ceil(b * steps - 1e-9) for b in bounds)  # start*steps <= i < end*steps, float-safe
+    first, stop = (math.floor(b * steps + 1e-9) for b in bounds)  # the reference's int(f * steps), float-safe
     on = torch.zeros(steps, dtype=torch.bool)
     on[first:stop] = True
     return on
@@ -206,7 +206,9 @@ def step_windows(spec, steps: int, tokenizer=None, prompt: str | None = None, ma
     spec: a fraction f (steps before f * steps), a pair (start, end), or a dict
     {word: fraction or pair, ..., "default_": fraction or pair} giving the named words of `prompt` their
     own window and every other token the default ((0, 1) if absent, as in the reference code).
-    Step i (0 is the first, noisiest step) is on when start * steps <= i < end * steps.
+    Step i (0 is the first, noisiest step) is on when floor(start * steps) <= i < floor(end * steps), as in
+    the reference code (`int(f * num_steps)`: 0.45 of 50 steps is 22 steps), except that a product a float
+    error puts just under a whole number counts as that number (0.29 * 100 is 29 steps, not 28).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"the number of steps must be a whole number of at least 1, not {steps!r}.")

@@ -64,7 +64,7 @@ def bench_inversion(ctx, images, count, steps, methods, out_dir):
 @click.option("--cross-steps", default=PAPER.cross_replace_steps, show_default=True, help="cross_replace_steps of the edits.")
 @click.option("--blend", is_flag=True, help="blend every edit locally (LocalBlend) on the changed part's words.")
 @click.option("--self-resolution", type=click.IntRange(min=0), default=None,
-              help="self_max_resolution of the edits (default: P2P's, half the latent's side).")
+              help="self_max_resolution of the edits (default: the reference's, half the latent's side for inverted images).")
 @click.option("--layout-guidance", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="layout guidance step size of the edits (0: off).")
 @click.option("--layout-steps", default=0.5, show_default=True, help="fraction of the steps layout guidance acts on.")

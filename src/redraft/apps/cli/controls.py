@@ -8,6 +8,7 @@ import click
 
 from ...errors import InputError
 from ...p2p.controls import UNSET, Controls, Spec, parse
+from ...p2p.recipe import PAPER
 
 METAVARS = {"choice": None, "weights": "WORD=FACTOR", "words": "WORD", "names": "NAME",
             "window": "F|START,END", "number": "NUMBER", "integer": "INTEGER"}
@@ -34,9 +35,10 @@ def control_options(*, generation: bool = False):
         for name, spec, default in reversed(chosen):
             fn.__click_params__.append(option(name, spec, default))
         fn.__click_params__.append(click.Option(
-            ["--controls", "controls_file"], type=click.Path(exists=True, dir_okay=False), default=None,
+            ["--controls", "controls_file"], default=None, metavar="FILE|paper",
             help="start from the controls in this file (a .json saved by redraft, or a PNG it wrote, which "
-                 "holds the controls that made it); the options below override it field by field."))
+                 "holds the controls that made it), or from the P2P paper's values with 'paper'; unset: the "
+                 "model's editing recipe for each edit's kind. The options below override it field by field."))
         return fn
 
     return decorate
@@ -45,8 +47,17 @@ def control_options(*, generation: bool = False):
 def controls_given(options: dict) -> dict:
     """Pop the controls' options out of a command's keyword arguments: {field: value} of those given
     (all of a --controls file's, then each option given), checked now, before any work."""
+    base, values = controls_base(options)
+    return {**(base.to_json() if isinstance(base, Controls) else {}), **values}
+
+
+def controls_base(options: dict) -> tuple[Controls | str | None, dict]:
+    """Pop the controls' options out of a command's keyword arguments: (what they start from: None for
+    the model's recipe, "paper", or a file's `Controls`; {field: value} of each option given), checked
+    now, before any work."""
     file = options.pop("controls_file", None)
-    values = Controls.load(file).to_json() if file else {}
+    base = PAPER if file == PAPER else Controls.load(file) if file else None
+    values = {}
     for name, spec, _ in Controls.fields():
         value = options.pop(name, None)
         if value is None or value == ():
@@ -59,10 +70,5 @@ def controls_given(options: dict) -> dict:
                 values[name] = parsed
         except InputError as e:
             raise InputError(f"--{spec.flag} {text}: {e}") from None
-    Controls.make(**values)
-    return values
-
-
-def controls_from(options: dict) -> Controls:
-    """The `Controls` of a command's options (the paper's defaults where none is given)."""
-    return Controls.make(**controls_given(options))
+    Controls.make(base if isinstance(base, Controls) else None, **values)
+    return base, values

@@ -9,7 +9,7 @@ import click
 
 from ...errors import InputError
 from .common import GUIDANCE, METHOD, STEPS, editor_from, friendly, main
-from .controls import control_options, controls_from
+from .controls import control_options, controls_base
 
 
 @main.command()
@@ -145,9 +145,15 @@ def checked_mask(mask: str | None, size: tuple[int, int] | None):
     return values
 
 
-def echo_controls(controls) -> None:
-    changed = controls.changed()
-    click.echo("controls: " + (json.dumps(changed) if changed else "the paper's defaults (Controls())"))
+def echo_controls(result, recipe) -> None:
+    """Print the controls each edit was made with, as the ones that differ from the P2P paper's."""
+    for k in range(1, len(result.prompts)):
+        part = result.part_of(k)[0]
+        changed = {**part.controls.changed(), **({"direct": True} if part.direct else {})}
+        click.echo(f"controls of edit {k} ({result.prompts[k]!r}): "
+                   + (json.dumps(changed) if changed else "the paper's defaults (Controls())"))
+    if recipe is not None:
+        click.echo(f"  (the model's editing recipe: {recipe.chosen})")
 
 
 @main.command()
@@ -156,7 +162,8 @@ def echo_controls(controls) -> None:
               help="source prompt (an image without one is described first; an inversion has its own).")
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", **STEPS)
-@click.option("--direct", is_flag=True, help="Direct Inversion: keep the source branch on its pivot (with --method ddim).")
+@click.option("--direct/--no-direct", default=None,
+              help="Direct Inversion: keep the source branch on its pivot (default: the model's editing recipe's).")
 @edit_outputs
 @mask_options
 @control_options()
@@ -171,7 +178,7 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mas
     from ...io.mask import crop_like
 
     check_edit_outputs(output, force)
-    controls = controls_from(options)
+    base, given = controls_base(options)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
     saved = Inversion.load(source) if is_inversion else None
     size = (saved.image.shape[1], saved.image.shape[0]) if saved is not None else check_size(source)
@@ -182,11 +189,11 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mas
         click.echo(f"described as: {inv.prompt}")
     if values is not None and not is_inversion:  # a mask of the original's size: cropped as the image was
         values = crop_like(values, size, editor.resolution, multiple=editor.pipeline.vae_scale_factor)
-    echo_controls(controls)
-    result = editor.edit(inv, list(targets), direct=direct, controls=controls, mask=values,
-                         keep_outside=keep_outside, mask_stop=mask_stop)
+    result = editor.edit(inv, list(targets), direct=direct, controls=base, mask=values,
+                         keep_outside=keep_outside, mask_stop=mask_stop, **given)
+    echo_controls(result, editor.recipe if base is None else None)
     write_edit_outputs(result, [Image.fromarray(inv.image)], [f"input: {inv.prompt}", f"reconstruction ({inv.method})"],
-                       output, force, method=inv.method + (" + direct" if direct else ""), steps=inv.steps,
+                       output, force, method=inv.method + (" + direct" if result.direct else ""), steps=inv.steps,
                        model=editor.model_id)
 
 
@@ -203,12 +210,12 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mas
 def generate(ctx, prompt, seed, steps, guidance, targets, output, force, mask, keep_outside, mask_stop, **options):
     """Generate an image of PROMPT and its Prompt-to-Prompt edits, all from the same noise."""
     check_edit_outputs(output, force)
-    controls = controls_from(options)
+    base, given = controls_base(options)
     values = checked_mask(mask, None)
     editor = editor_from(ctx)
-    echo_controls(controls)
-    result = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, controls=controls,
-                             mask=values, keep_outside=keep_outside, mask_stop=mask_stop)
+    result = editor.generate([prompt, *targets], seed=seed, steps=steps, guidance_scale=guidance, controls=base,
+                             mask=values, keep_outside=keep_outside, mask_stop=mask_stop, **given)
+    echo_controls(result, editor.recipe if base is None else None)
     write_edit_outputs(result, [], [f"source: {prompt}"], output, force, seed=seed, steps=steps, model=editor.model_id)
 
 

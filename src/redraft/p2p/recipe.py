@@ -1,0 +1,123 @@
+"""How a model edits best when the caller sets no control: its editing recipe.
+
+A model folder's redraft.json can carry one beside its guidance scale:
+
+    {"guidance_scale": 5.0,
+     "editing": {"controls": {"direct": true, "self_replace_steps": 0.7},
+                 "by_kind": {"refine": {"renoise_step": 0.6}, "global": {"feature_replace_steps": 0.0}},
+                 "chosen": "how and on which scenes these were chosen"}}
+
+`controls` are `Controls` fields (JSON values) plus `direct` (Direct Inversion, for edits of inverted
+images); `by_kind` overrides them per kind of edit (`p2p.kinds.EditKind.keys`: "local", "global",
+"replace", "refine", "reweight", then "replace/local" and the like), applied from the most general key
+to the most specific. The kind is read from the prompts' words, and its extent (local or global) from
+the source's attention maps only when some key needs it. A model without a recipe edits with `REFERENCE`:
+Prompt-to-Prompt's published defaults (`Controls()`, the reference notebooks' layer rule).
+
+Who passes nothing gets the recipe; keyword controls override it field by field; a whole `Controls` (or
+`controls="paper"`, the P2P paper's values as a neutral baseline) replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from .controls import Controls
+from .kinds import EXTENTS, STRUCTURES, EditKind, edit_kinds, structure_kind
+
+PAPER = "paper"  # `controls="paper"`: the P2P paper's values, whatever the model's recipe
+KEYS = (*EXTENTS, *STRUCTURES, *(f"{s}/{e}" for s in STRUCTURES for e in EXTENTS))
+SWITCHES = ("direct",)  # recipe settings that are arguments of `Editor.edit`, not `Controls` fields
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default controls of a model and their overrides per kind of edit (see the module's docstring)."""
+
+    controls: dict = field(default_factory=dict)
+    by_kind: dict = field(default_factory=dict)
+    chosen: str = "Prompt-to-Prompt's published defaults (the reference code's)"
+
+    def __post_init__(self):
+        names = {n for n, _, _ in Controls.fields()} | set(SWITCHES)
+        for where, settings in [("controls", self.controls), *((f"by_kind[{k!r}]", v) for k, v in self.by_kind.items())]:
+            if not isinstance(settings, dict):
+                raise InputError(f"the editing recipe's {where} is a JSON object of controls; got {settings!r}.")
+            unknown = sorted(set(settings) - names)
+            if unknown:
+                raise InputError(f"the editing recipe's {where} has unknown control(s) {', '.join(unknown)}; "
+                                 f"the controls are: {', '.join(sorted(names))}.")
+            Controls.make(**{k: v for k, v in {**self.controls, **settings}.items() if k not in SWITCHES})
+        bad = sorted(set(self.by_kind) - set(KEYS))
+        if bad:
+            raise InputError(f"the editing recipe's by_kind has unknown kind(s) {', '.join(bad)}; "
+                             f"the kinds are: {', '.join(KEYS)}.")
+
+    @property
+    def needs_extent(self) -> bool:
+        """Whether some key of `by_kind` depends on the edit's extent (then the source's maps are read)."""
+        return any(e in key.split("/") for key in self.by_kind for e in EXTENTS)
+
+    def settings(self, kind: EditKind | None) -> dict:
+        """The recipe's settings for an edit of `kind` (None: its default controls only)."""
+        out = dict(self.controls)
+        for key in (kind.keys if kind is not None else ()):
+            out.update(self.by_kind.get(key, {}))
+        return out
+
+    def to_json(self) -> dict:
+        return {"controls": self.controls, "by_kind": self.by_kind, "chosen": self.chosen}
+
+    @classmethod
+    def from_json(cls, data, where: str = "the editing recipe") -> "Recipe":
+        if not isinstance(data, dict) or set(data) - {"controls", "by_kind", "chosen"}:
+            raise InputError(f"{where} is a JSON object with \"controls\", \"by_kind\" and \"chosen\"; got {data!r}.")
+        return cls(json.loads(json.dumps(data.get("controls", {}))), json.loads(json.dumps(data.get("by_kind", {}))),
+                   str(data.get("chosen", "")))
+
+
+REFERENCE = Recipe()
+
+
+def in_effect(recipe: Recipe, kind: EditKind | None, controls: Controls | str | None, overrides: dict,
+              direct: bool | None) -> tuple[Controls, bool]:
+    """(Controls, direct) of one edit: the recipe's for its kind with `overrides` on top when `controls`
+    is None; `controls` itself (a `Controls`, or the paper's for "paper") with `overrides` otherwise.
+    `direct` None: the recipe's (without a recipe: off)."""
+    if isinstance(controls, str):
+        if controls != PAPER:
+            raise InputError(f"controls is a Controls, None (the model's recipe) or {PAPER!r}; got {controls!r}.")
+        return Controls.make(None, **overrides), bool(direct)
+    if controls is not None:
+        return Controls.make(controls, **overrides), bool(direct)
+    settings = recipe.settings(kind)
+    recipe_direct = bool(settings.pop("direct", False))
+    return Controls.make(None, **{**settings, **overrides}), recipe_direct if direct is None else bool(direct)
+
+
+def per_edit(recipe: Recipe, tokenizer, prompts: list[str], controls: Controls | str | None, overrides: dict,
+             direct: bool | None, probe) -> list[tuple[Controls, bool]]:
+    """(Controls, direct) of each edit prompts[0] -> prompts[k], k >= 1 (`in_effect` of its kind).
+
+    The kinds are read only when the recipe decides by kind and the caller passed no `Controls`;
+    `probe()` gives the source's attention maps [B, h, w, L] (`kinds.probe_maps`) and is called only
+    when some key needs the extent (it costs one UNet pass per prompt)."""
+    if controls is not None or not recipe.by_kind:
+        return [in_effect(recipe, None, controls, overrides, direct)] * (len(prompts) - 1)
+    reweighted = tuple(overrides.get("reweight", {}))
+    if recipe.needs_extent:
+        kinds = edit_kinds(tokenizer, prompts, probe(), reweighted)
+    else:
+        kinds = [structure_kind(prompts[0], target, reweighted) for target in prompts[1:]]
+    return [in_effect(recipe, kind, None, overrides, direct) for kind in kinds]
+
+
+def groups(rows: list[tuple[Controls, bool]]) -> list[tuple[Controls, bool, list[int]]]:
+    """The edits that share their controls and `direct` (one sampling run each), in first-seen order."""
+    out: dict[str, tuple[Controls, bool, list[int]]] = {}
+    for k, (controls, direct) in enumerate(rows):
+        key = json.dumps([controls.to_json(), direct], sort_keys=True)
+        out.setdefault(key, (controls, direct, []))[2].append(k)
+    return list(out.values())
