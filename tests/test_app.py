@@ -78,7 +78,7 @@ def test_the_session_keeps_only_the_newest_inversions(app, picture, inversions):
     cache = {}
     for steps in (2, 3, 4, 5):
         *_, cache, _ = edit(app, cache, picture, steps=steps)
-    assert sorted(k[3] for k in cache) == [3, 4, 5]
+    assert sorted(k[-1] for k in cache) == [3, 4, 5]
 
 
 def test_downloads_are_the_pictures_and_an_inversion_that_loads(app, editor, picture):

@@ -192,3 +192,77 @@ def test_half_precision_gives_finite_images(tiny_xl_folder, tiny_folder, xl_imag
         out = ed.edit(inv, "a photo of a dog", progress=False)
         assert torch.isfinite(out.latents).all()
         assert all(np.asarray(im).std() > 0 for im in out.images)
+
+
+# ---------------------------------------------------------------- front-ends on SDXL
+
+def test_batch_run_on_sdxl_writes_its_outputs(tiny_xl_folder, xl_image, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from redraft.apps.cli import main
+
+    xl_image.save(tmp_path / "cat.png")
+    (tmp_path / "items.jsonl").write_text(json.dumps({"id": "one", "image": "cat.png", "prompt": PROMPT,
+                                                      "target": "a photo of a dog", "steps": 3}) + "\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--model", str(tiny_xl_folder), "--device", "cpu", "batch", str(tmp_path / "items.jsonl"),
+                                  "-o", str(out), "--lpips", str(tmp_path / "none.safetensors")])
+    assert r.exit_code == 0, r.output
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "ok" and row["unet_forward"] == 3 and row["edit_unet_forward"] == 3 * 3
+    folder = out / "items" / "one"
+    inv = Inversion.load(folder / "inversion.safetensors")
+    assert inv.model_family == "sdxl" and inv.steps == 3
+    edit = np.asarray(Image.open(folder / "edit-1.png")).astype(int)
+    recon = np.asarray(Image.open(folder / "reconstruction.png")).astype(int)
+    assert edit.shape == (32, 32, 3) and np.abs(edit - recon).mean() > 0.05 and (folder / "grid.png").is_file()
+
+
+def test_web_app_edits_on_sdxl_and_refuses_an_sd_inversion(xl_editor, editor, xl_image, image, tmp_path):
+    import gradio as gr
+
+    from redraft.apps.web import App
+
+    app = App(xl_editor)
+    xl_image.save(tmp_path / "in.png")
+    gallery, maps, files, inversion_file, cache, status = app.edit({}, str(tmp_path / "in.png"), PROMPT,
+                                                                    "negative-prompt", 3, "a photo of a dog")
+    assert status.startswith("Inverted") and "3 UNet passes" in status
+    shown = [np.asarray(Image.open(p)).astype(int) for p, _ in gallery]
+    assert [a.shape for a in shown] == [(32, 32, 3)] * 3 and np.abs(shown[2] - shown[1]).mean() > 0.05
+    assert Inversion.load(inversion_file).model_family == "sdxl"
+    sd = editor.invert(image, PROMPT, method="negative-prompt", steps=2, progress=False).save(tmp_path / "sd.safetensors")
+    with pytest.raises(gr.Error, match="Stable Diffusion 1.x / 2.x model .* is SDXL"):
+        app.use_inversion(str(sd), {})
+    _, prompt, method, *_ = app.use_inversion(inversion_file, {})  # its own: taken
+    assert (prompt, method) == (PROMPT, "negative-prompt")
+
+
+def test_web_cache_never_reuses_an_inversion_of_another_family(xl_editor, xl_image, tmp_path):
+    """The session's cache is keyed by the model too: an SD model at SDXL's size prepares the same pixels
+    (same digest), yet its inversion is not reused by the SDXL app, which inverts again."""
+    from conftest import build_tiny_pipeline
+
+    from redraft.apps.web import App
+    from redraft.editor import Editor
+
+    pipe = build_tiny_pipeline()
+    pipe.unet.register_to_config(sample_size=16)  # 32 px, as the tiny SDXL
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+    sd_app, xl_app = App(Editor(pipe, model_id="tiny-sd-32")), App(xl_editor)
+    assert sd_app.editor.family == "sd" and sd_app.editor.resolution == xl_editor.resolution
+    assert sd_app.key(xl_image, PROMPT, "negative-prompt", 2)[2:] == xl_app.key(xl_image, PROMPT, "negative-prompt", 2)[2:]
+    xl_image.save(tmp_path / "in.png")
+    args = (str(tmp_path / "in.png"), PROMPT, "negative-prompt", 2, "a photo of a dog")
+    *_, sd_file, cache, status = sd_app.edit({}, *args)
+    assert status.startswith("Inverted")
+    *_, cache, status = sd_app.edit(cache, *args)
+    assert status.startswith("Reused")  # the same model: the cache works
+    gallery, _, _, xl_file, cache, status = xl_app.edit(cache, *args)
+    assert status.startswith("Inverted") and len(cache) == 2
+    assert Inversion.load(xl_file).model_family == "sdxl" and Inversion.load(sd_file).model_family == "sd"
+    edit = np.asarray(Image.open(gallery[2][0])).astype(float)
+    assert edit.shape == (32, 32, 3) and np.isfinite(edit).all() and edit.std() > 0

@@ -3,8 +3,8 @@
 Upload an image (or pick a held-out shapes scene), describe it, invert it, edit its prompt, look at
 the per-word attention maps, and download the pictures and the inversion. The page is a thin layer:
 every picture comes from `Editor.invert`, `Editor.edit` and `Editor.word_maps`. An inversion is kept
-in the session, keyed by (image, source prompt, method, steps), so a second edit of the same image
-does not invert it again; a saved inversion can be uploaded instead of the image.
+in the session, keyed by (model, image, source prompt, method, steps), so a second edit of the same
+image does not invert it again (and an inversion by another model, or model family, is never reused); a saved inversion can be uploaded instead of the image.
 
 Gradio's analytics are switched off before it is imported: the app makes no network requests.
 """
@@ -126,7 +126,8 @@ def box_value(name: str, value):
 class App:
     """The page's callbacks, over one `Editor`. Each is a plain function that tests call directly.
 
-    `cache` is the session's {key: Inversion} (a gr.State), key = (image digest, prompt, method, steps);
+    `cache` is the session's {key: Inversion} (a gr.State), key = (model family and fingerprint, image
+    digest, prompt, method, steps);
     files for download are written under `workdir` (one folder per edit), removed when the app is.
     """
 
@@ -136,10 +137,11 @@ class App:
         self.workdir = Path(self._workdir.name)
 
     def key(self, image: Image.Image, prompt: str, method: str, steps: int) -> tuple:
-        """What an inversion depends on: the model-sized pixels, the prompt, the method and the steps."""
+        """What an inversion depends on: the model (its family and fingerprint: an SD inversion is never
+        reused on SDXL, nor one model's on another), the model-sized pixels, the prompt, the method, the steps."""
         pixels = np.asarray(self.editor.prepare(image))
         digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
-        return digest, prompt, method, int(steps)
+        return self.editor.family, self.editor.fingerprint, digest, prompt, method, int(steps)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -162,7 +164,7 @@ class App:
         if not path:
             return gr.update(), gr.update(), gr.update(), gr.update(), cache, ""
         inversion = Inversion.load(path)
-        inversion.check_compatible(self.editor.fingerprint, self.editor.model_id)
+        inversion.check_compatible(self.editor.fingerprint, self.editor.model_id, family=self.editor.family)
         image = Image.fromarray(inversion.image)
         cache = self.remember(cache, self.key(image, inversion.prompt, inversion.method, inversion.steps), inversion)
         status = (f"Loaded an inversion ({inversion.method}, {inversion.steps} steps) of "
