@@ -34,6 +34,7 @@ NEW = tuple(SETTINGS)
 _RANGES = {"seed": (0, None), "eta": (0, 1), "mix": (0.5, 1), "quantile": (-1e9, 1), "recon_t": (0, 1000),
            "recon_lr": (0, 1), "dilate": (0, 16), "rounds": (0, 1000), "lr": (0, 1), "delta": (0, None),
            "weight_decay": (0, None)}
+_MIX = "it is EDICT's mixing weight p, 0.5 < p <= 1 (the paper's 0.93)"
 
 
 def settings(method: str, given: dict | None) -> dict:
@@ -61,9 +62,9 @@ def settings(method: str, given: dict | None) -> dict:
             out[k] = whole(f"{method} setting {k}", v, *_RANGES[k])
         else:
             low, high = _RANGES[k]
-            out[k] = finite(f"{method} setting {k}", v, low, high)
+            out[k] = finite(f"{method} setting {k}", v, low, high, fix=_MIX if k == "mix" else "")
     if method == "edict" and not 0.5 < out["mix"] <= 1:
-        raise InputError(f"edict setting mix is the mixing weight p, 0.5 < p <= 1 (paper: 0.93); got {out['mix']}.")
+        raise InputError(f"edict setting mix is {out['mix']!r}, but {_MIX}.")
     return out
 
 
