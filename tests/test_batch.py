@@ -347,3 +347,54 @@ def test_a_bad_guidance_fails_its_item(tmp_path, value, message):
     (tmp_path / "m.csv").write_text(f"image,prompt,target,guidance\nim.png,a cat,a dog,{value}\n")
     (item,) = B.read_manifest(tmp_path / "m.csv")
     assert message in item.error
+
+
+# ---------------------------------------------------------------- inversion x editor
+
+def test_inversions_by_editors_one_row_per_pair_and_resume(tiny_folder, tmp_path):
+    """--inversions a,b --editors x,y: every item run once per pair, one row each, resumed as a whole;
+    a method's --method-setting reaches its inversions (EDICT's mix in the saved file)."""
+    names = _pictures(tmp_path, 1)
+    manifest = _jsonl(tmp_path / "items.jsonl", [{"id": "cat", "image": names[0], "prompt": "a photo of a cat",
+                                                  "target": "a photo of a dog", "steps": 3}])
+    out = tmp_path / "out"
+    args = [str(manifest), "-o", str(out), "--inversions", "negative-prompt,edict", "--editors", "p2p,masactrl",
+            "--method-setting", "edict:mix=0.9"]
+    r = _batch(tiny_folder, *args)
+    assert r.exit_code == 0, r.output
+    rows = {row["id"]: row for row in _rows(out)}
+    pairs = [(m, e) for m in ("negative-prompt", "edict") for e in ("p2p", "masactrl")]
+    assert list(rows) == [f"cat--{m}--{e}" for m, e in pairs]
+    assert [(row["method"], row["editor"]) for row in rows.values()] == pairs
+    assert all(row["status"] == "ok" for row in rows.values())
+    # exact passes per method: NPI 1 per step; EDICT 2 chains x (uncond, cond) per step
+    assert [row["unet_forward"] for row in rows.values()] == [3, 3, 12, 12]
+    for e in ("p2p", "masactrl"):  # EDICT reconstructs exactly (the random VAE's ceiling is low: NPI is near it too)
+        assert rows[f"cat--edict--{e}"]["recon_psnr"] == pytest.approx(rows[f"cat--edict--{e}"]["vae_psnr"], abs=0.1)
+    # the editors differ: MasaCtrl's target reads the source's keys and values, P2P's its attention maps
+    assert not np.array_equal(np.asarray(Image.open(out / "items" / "cat--edict--p2p" / "edit-1.png")),
+                              np.asarray(Image.open(out / "items" / "cat--edict--masactrl" / "edit-1.png")))
+    inv = Inversion.load(out / "items" / "cat--edict--p2p" / "inversion.safetensors")
+    assert inv.method == "edict" and inv.options["mix"] == 0.9
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["by_pair"]) == [f"{m} x {e}" for m, e in pairs]
+    r = _batch(tiny_folder, *args)
+    assert r.exit_code == 0 and "4 ok, 0 failed of 4 items (4 already done)" in r.output
+    # another mix: those items' settings changed, so they are not done (refused without --force)
+    r = _batch(tiny_folder, *args[:-1], "edict:mix=0.95")
+    assert r.exit_code == 2 and "2 item(s)" in r.output and "--force" in r.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--inversions", "ddim,edict2"], "the inversions are: ddim"),
+    (["--inversions", "ddim", "--editors", "p2p,ip2p"], "the editors are: p2p, masactrl, pnp"),
+    (["--editors", "p2p"], "--editors goes with --inversions"),
+    (["--inversions", "ddim,edict", "--method-setting", "edict:p=0.9"], "mix (default 0.93)"),
+    (["--inversions", "ddim", "--method-setting", "mix=0.9"], "no chosen inversion has a setting 'mix'"),
+])
+def test_bad_pairs_and_settings_are_refused_before_any_work(tiny_folder, tmp_path, extra, message):
+    names = _pictures(tmp_path, 1)
+    manifest = _jsonl(tmp_path / "items.jsonl", [{"image": names[0], "prompt": "a cat", "target": "a dog", "steps": 2}])
+    r = _batch(tiny_folder, str(manifest), "-o", str(tmp_path / "out"), *extra)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,10 @@ METHODS: dict[str, dict] = {
     "null-text (source init)": dict(method="null-text", null_init="source"),
     "null-text (global)": dict(method="null-text", global_null=True),
     "negative-prompt": dict(method="negative-prompt"),
+    "edit-friendly": dict(method="edit-friendly"),
+    "edict": dict(method="edict"),
+    "proxnpi": dict(method="proxnpi"),
+    "spdinv": dict(method="spdinv"),
 }
 
 
@@ -91,7 +95,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(editor, cases: list[tuple[np.ndarray, str]], methods: list[str], step_counts: list[int],
-        progress: bool = True) -> dict:
+        progress: bool = True, settings: dict[str, dict] | None = None) -> dict:
+    """`settings`: {inversion method: its settings} (`inversions.methods.settings`) for the labels of
+    that method; the others keep their defaults."""
+    settings = settings or {}
     forward, both = unet_floor(editor)  # measured again at the end: the floor is their mean
     images = [editor.prepare(im) for im, _ in cases]
     prompts = [p for _, p in cases]
@@ -106,7 +113,10 @@ def run(editor, cases: list[tuple[np.ndarray, str]], methods: list[str], step_co
             q_psnr, q_ssim, seconds, fwd, bwd = [], [], 0.0, 0, 0
             for image, prompt in zip(images, prompts):  # one image at a time: per-image cost
                 started = time.perf_counter()
-                inv = editor.invert(image, prompt, steps=steps, progress=False, **METHODS[label])
+                kwargs = METHODS[label]
+                if kwargs["method"] in settings:
+                    kwargs = {**kwargs, "settings": settings[kwargs["method"]]}
+                inv = editor.invert(image, prompt, steps=steps, progress=False, **kwargs)
                 editor.unet.reset()
                 out = editor.reconstruct(inv, progress=False)
                 sync(editor.device)
@@ -125,7 +135,7 @@ def run(editor, cases: list[tuple[np.ndarray, str]], methods: list[str], step_co
         r.ratio_to_floor = r.seconds / r.floor_seconds
         if progress:
             print(format_row(r), flush=True)
-    return {"model": editor.model_id, "device": str(editor.device), "images": len(images),
+    return {"model": editor.model_id, "device": str(editor.device), "images": len(images), "settings": settings,
             "unet_forward_seconds": forward, "unet_forward_backward_seconds": both,
             "rows": [asdict(r) for r in rows]}
 

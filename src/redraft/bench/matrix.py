@@ -90,14 +90,17 @@ def pair_rows(editor, scene_id: int, scene: world.Scene, method: str, editing: s
 
 
 def run(editor, n: int = 8, methods=None, editors=EDITORS, kinds=KINDS, steps: int = 20, seed: int = SEED,
-        out_dir: Path | None = None, progress: bool = True, **controls) -> dict:
+        out_dir: Path | None = None, progress: bool = True, method_settings: dict[str, dict] | None = None,
+        **controls) -> dict:
     """The matrix over n held-out scenes (`world.scenes(seed, n, split="test")`): per-edit rows and one
-    summary row per pair. `controls` apply to every edit (e.g. `masactrl_step=2`). With `out_dir`, each
+    summary row per pair. `controls` apply to every edit (e.g. `masactrl_step=2`); `method_settings`
+    ({inversion: settings}, `inversions.methods.settings`) to that inversion. With `out_dir`, each
     inversion's rows are kept in `out_dir/matrix-parts/` and reused when the same run is made again."""
     methods = list(methods or inversions())
+    method_settings = method_settings or {}
     scenes = world.scenes(seed, n, split="test")
     settings = dict(model=editor.model_id, n=n, seed=seed, steps=steps, kinds=list(kinds), editors=list(editors),
-                    controls=controls)
+                    controls=controls, method_settings=method_settings)
     forward, both = unet_floor(editor)
     rows: list[dict] = []
     for method in methods:
@@ -111,7 +114,7 @@ def run(editor, n: int = 8, methods=None, editors=EDITORS, kinds=KINDS, steps: i
         for k, scene in enumerate(tqdm(scenes, desc=f"{method}: invert + edit", disable=not progress)):
             started = time.perf_counter()
             inv = editor.invert(world.render(scene), scene.prompt(), method="ddim" if method == "direct" else method,
-                                steps=steps, progress=False)
+                                steps=steps, progress=False, settings=method_settings.get(method))
             inv_seconds = time.perf_counter() - started
             for editing in editors:
                 mine += pair_rows(editor, k, scene, method, editing, inv, inv_seconds, kinds, controls)

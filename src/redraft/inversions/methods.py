@@ -34,6 +34,7 @@ NEW = tuple(SETTINGS)
 _RANGES = {"seed": (0, None), "eta": (0, 1), "mix": (0.5, 1), "quantile": (-1e9, 1), "recon_t": (0, 1000),
            "recon_lr": (0, 1), "dilate": (0, 16), "rounds": (0, 1000), "lr": (0, 1), "delta": (0, None),
            "weight_decay": (0, None)}
+_MIX = "it is EDICT's mixing weight p, 0.5 < p <= 1 (the paper's 0.93)"
 
 
 def settings(method: str, given: dict | None) -> dict:
@@ -61,10 +62,42 @@ def settings(method: str, given: dict | None) -> dict:
             out[k] = whole(f"{method} setting {k}", v, *_RANGES[k])
         else:
             low, high = _RANGES[k]
-            out[k] = finite(f"{method} setting {k}", v, low, high)
+            out[k] = finite(f"{method} setting {k}", v, low, high, fix=_MIX if k == "mix" else "")
     if method == "edict" and not 0.5 < out["mix"] <= 1:
-        raise InputError(f"edict setting mix is the mixing weight p, 0.5 < p <= 1 (paper: 0.93); got {out['mix']}.")
+        raise InputError(f"edict setting mix is {out['mix']!r}, but {_MIX}.")
     return out
+
+
+def parse_settings(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
+    """`[METHOD:]KEY=VALUE` texts (the command line's --method-setting) as {method: settings}, each
+    checked by `settings`. Without METHOD a key goes to every method of `methods` that has it; a key no
+    chosen method has is an InputError naming the keys each one takes. VALUE is JSON (true, 0.9, "l1")
+    or else plain text."""
+    import json
+
+    out: dict[str, dict] = {m: {} for m in methods}
+    for pair in pairs:
+        name, eq, text = pair.partition("=")
+        method, colon, key = name.rpartition(":")
+        if not eq or not key.strip():
+            raise InputError(f"a method setting is KEY=VALUE or METHOD:KEY=VALUE (e.g. edict:mix=0.9); got {pair!r}.")
+        key = key.strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text.strip()
+        targets = [method.strip()] if colon else [m for m in methods if key in SETTINGS.get(m, {})]
+        for m in targets:
+            if m not in out:
+                raise InputError(f"the setting {pair!r} names the method {m!r}, which is not chosen here; "
+                                 f"the chosen ones are {', '.join(methods)}.")
+            out[m][key] = value
+        if not targets:
+            takes = "; ".join(f"{m}: {', '.join(SETTINGS[m])}" for m in methods if m in SETTINGS)
+            raise InputError(f"no chosen inversion has a setting {key!r}; "
+                             + (f"the keys are {takes}." if takes else f"{', '.join(methods)} take no settings; "
+                                f"{', '.join(NEW)} do."))
+    return {m: settings(m, given) for m, given in out.items() if given}
 
 
 def invert(method: str, model: CountedUNet, schedule: Schedule, latents: torch.Tensor, cond: torch.Tensor,

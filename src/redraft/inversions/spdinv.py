@@ -51,7 +51,7 @@ def spd_inversion(model: CountedUNet, schedule: Schedule, latent: torch.Tensor, 
         with torch.no_grad():
             z = ddim.step(z_next, model(z_next, t, cond), schedule.alphas[i + 1], schedule.alphas[i],
                           schedule.prediction_type)
-        adam, active, backward = Adam.like(z), torch.arange(len(z), device=z.device), 0
+        adam, active, backward, loss = Adam.like(z), torch.arange(len(z), device=z.device), 0, None
         for _ in range(rounds):
             x = z[active].clone().requires_grad_(True)
             with torch.enable_grad():
@@ -68,5 +68,6 @@ def spd_inversion(model: CountedUNet, schedule: Schedule, latent: torch.Tensor, 
         used.append(backward)
         pivots.append(z.detach())
         z_next = z.detach()
-        bar.set_postfix(loss=f"{float(loss.detach().max()):.1e}")
+        if loss is not None:  # rounds = 0: the DDIM estimate itself
+            bar.set_postfix(loss=f"{float(loss.detach().max()):.1e}")
     return torch.stack(pivots[::-1]), used[::-1]

@@ -10,8 +10,8 @@ and the main process merges every row into DIR/results.jsonl and DIR/results.csv
 """
 
 from .item import Scorers, edit_masks, item_metrics, process
-from .manifest import CONTROL_COLUMNS, FIELDS, PIE_BENCH_CONTROLS, Defaults, Item, read_manifest
+from .manifest import CONTROL_COLUMNS, FIELDS, PIE_BENCH_CONTROLS, Defaults, Item, cross, read_manifest
 from .run import FORMAT, Report, is_done, merge, run, summarise
 
-__all__ = ["FIELDS", "CONTROL_COLUMNS", "PIE_BENCH_CONTROLS", "FORMAT", "Defaults", "Item", "read_manifest",
+__all__ = ["FIELDS", "CONTROL_COLUMNS", "PIE_BENCH_CONTROLS", "FORMAT", "Defaults", "Item", "cross", "read_manifest",
            "Scorers", "process", "edit_masks", "item_metrics", "Report", "is_done", "run", "merge", "summarise"]

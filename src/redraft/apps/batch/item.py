@@ -103,6 +103,7 @@ def _saved_inversion(path: Path, item: Item, editor):
     guidance = editor.guidance_scale if item.guidance is None else item.guidance
     same = (inv.method, inv.steps, inv.guidance_scale, inv.model_fingerprint) == \
         (item.method, item.steps, guidance, editor.fingerprint)
+    same = same and all(inv.options.get(k) == v for k, v in item.settings.items())
     return inv if same and (item.prompt is None or inv.prompt == item.prompt) else None
 
 
@@ -117,6 +118,7 @@ def process(editor, item: Item, folder: Path, scorers: Scorers) -> dict:
     row: dict = {"id": item.id, "status": "ok", "error": "", "image": item.image, "source_prompt": item.prompt,
                  "prompt_from": "manifest" if item.prompt is not None else "describe", "targets": item.targets,
                  "editing_type": item.editing_type, "method": item.method + (" + direct" if item.direct else ""),
+                 "editor": item.controls.get("editing", "p2p"),
                  "steps": item.steps, "seconds": None, "process": None}
     files = ["inversion.safetensors", "reconstruction.png",
              *(f"edit-{k}.png" for k in range(1, len(item.targets) + 1)), "grid.png"]
@@ -140,7 +142,7 @@ def process(editor, item: Item, folder: Path, scorers: Scorers) -> dict:
         row["mask_given"] = region is not None
         if inv is None:
             inv = editor.invert(original, prompt, method=item.method, steps=item.steps,
-                                guidance_scale=item.guidance, progress=False)
+                                guidance_scale=item.guidance, progress=False, settings=item.settings or None)
             inv.save(inv_path)
         row.update(unet_forward=inv.cost.unet_forward, unet_backward=inv.cost.unet_backward,
                    inversion_seconds=inv.cost.seconds)

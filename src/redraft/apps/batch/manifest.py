@@ -7,13 +7,13 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ...checks import finite, whole
 from ...errors import InputError
 from ...inversions import METHODS
-from ...p2p.controls import Controls
+from ...p2p.controls import EDITORS, Controls
 
 # Manifest fields (JSONL keys or CSV columns). Only image and target(s) are required.
 FIELDS = {
@@ -49,6 +49,7 @@ class Defaults:
     direct: bool = False
     controls: dict = field(default_factory=dict)
     use_pie_masks: bool = False  # the items' annotated `mask` also confines their edit (`Item.use_mask`)
+    settings: dict = field(default_factory=dict)  # {inversion method: its settings} (inversions.methods.settings)
 
 
 @dataclass
@@ -69,10 +70,14 @@ class Item:
     edit_mask: str | None = None  # an image path: the region the edit may change (Editor.edit(mask=))
     use_mask: bool = False  # `mask` (the annotation) confines the edit too, where there is no edit_mask
     error: str | None = None
+    settings: dict = field(default_factory=dict)  # the inversion method's settings (empty: its defaults)
 
     def spec(self, model: str) -> str:
-        """A hash of everything that decides this item's outputs."""
-        text = json.dumps([model, asdict(self)], sort_keys=True, default=str)
+        """A hash of everything that decides this item's outputs (no settings: as before they existed)."""
+        fields = asdict(self)
+        if not fields["settings"]:
+            del fields["settings"]
+        text = json.dumps([model, fields], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -111,6 +116,27 @@ def read_manifest(path: str | Path, defaults: Defaults = Defaults(), images: str
     return items
 
 
+def cross(items: list[Item], inversions: list[str], editors: list[str], defaults: Defaults = Defaults()) -> list[Item]:
+    """One item per (item, inversion, editor), named '<id>--<inversion>--<editor>': the method x editor
+    matrix of issue 33 over a manifest. "direct" is Direct Inversion over DDIM; each pair's settings are
+    `defaults.settings` of its method."""
+    known = [*METHODS, "direct"]
+    for what, names, allowed in (("inversion", inversions, known), ("editor", editors, list(EDITORS))):
+        unknown = [x for x in names if x not in allowed]
+        if unknown or not names:
+            raise InputError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; the {what}s are: "
+                             f"{', '.join(allowed)}.")
+    out = []
+    for item in items:
+        for inversion in inversions:
+            method = "ddim" if inversion == "direct" else inversion
+            for editing in editors:
+                out.append(replace(item, id=f"{item.id}--{inversion}--{editing}", method=method,
+                                   direct=inversion == "direct", controls={**item.controls, "editing": editing},
+                                   settings=dict(defaults.settings.get(method, {}))))
+    return out
+
+
 def _jsonl_records(path: Path):
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -136,7 +162,8 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
     """An Item from one manifest record; a bad value becomes the item's error."""
     item = Item(id=str(record.get("id", default_id)), image=str(record.get("image", "")), prompt=None, targets=[],
                 controls={}, method=defaults.method, steps=defaults.steps, guidance=defaults.guidance,
-                direct=defaults.direct, use_mask=defaults.use_pie_masks)
+                direct=defaults.direct, use_mask=defaults.use_pie_masks,
+                settings=dict(defaults.settings.get(defaults.method, {})))
     try:
         if not item.image:
             raise InputError("no image: give the image's path in the 'image' field.")
@@ -151,6 +178,7 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
         item.method = record.get("method", defaults.method)
         if item.method not in METHODS:
             raise InputError(f"unknown method {item.method!r}; use {', '.join(METHODS)}.")
+        item.settings = dict(defaults.settings.get(item.method, {}))
         item.steps = _number(record, "steps", defaults.steps, int)
         item.guidance = _number(record, "guidance", defaults.guidance, float)
         item.direct = _flag(record.get("direct", defaults.direct))

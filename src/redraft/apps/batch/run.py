@@ -157,10 +157,13 @@ def summarise(rows: list[dict]) -> dict:
     ok = [r for r in rows if r.get("status") == "ok"]
     means, counts = _means(ok)
     types = sorted({r["editing_type"] for r in ok if r.get("editing_type") is not None})
+    pairs = list(dict.fromkeys((r.get("method"), r.get("editor")) for r in ok))
     return {"items": len(rows), "ok": len(ok), "failed": sum(r.get("status") == "failed" for r in rows),
             "mask_given": sum(bool(r.get("mask_given")) for r in ok),  # edits confined to a given mask
             "means": means, "counts": counts,
-            "by_editing_type": {t: _means([r for r in ok if r.get("editing_type") == t])[0] for t in types}}
+            "by_editing_type": {t: _means([r for r in ok if r.get("editing_type") == t])[0] for t in types},
+            "by_pair": {f"{m} x {e}": _means([r for r in ok if (r.get("method"), r.get("editor")) == (m, e)])[0]
+                        for m, e in pairs}}  # inversion x editor (redraft batch --inversions --editors)
 
 
 def _means(rows: list[dict]) -> tuple[dict, dict]:

@@ -8,7 +8,7 @@ import click
 
 from ...errors import InputError
 from ...p2p.controls import Controls
-from .common import editor_from, friendly, main
+from .common import METHOD_SETTING, editor_from, friendly, main, method_settings
 
 PAPER = Controls()  # the defaults of the benchmarks' edits: the P2P paper's
 
@@ -35,21 +35,28 @@ def bench(ctx, out_dir):
 @click.option("-n", "count", default=8, show_default=True, help="shapes scenes to use (without --images).")
 @click.option("--steps", default="10,20,50", show_default=True, help="comma-separated step counts.")
 @click.option("--methods", default=None, help="comma-separated labels (default: all).")
+@click.option("--method-setting", "settings", **METHOD_SETTING)
+@click.option("--list", "list_methods", is_flag=True, help="print the method labels and their settings, and stop.")
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_inversion(ctx, images, count, steps, methods, out_dir):
+def bench_inversion(ctx, images, count, steps, methods, settings, list_methods, out_dir):
     """Reconstruction PSNR/SSIM, VAE ceiling, seconds, UNet passes, ratio to the UNet floor, memory."""
     from ...bench import inversion as b
+    from ...inversions.methods import SETTINGS
 
-    labels = methods.split(",") if methods else list(b.METHODS)
-    unknown = [m for m in labels if m not in b.METHODS]
-    if unknown:
-        raise InputError(f"unknown method label(s) {unknown}; choose from {list(b.METHODS)}.")
+    if list_methods:
+        for label, kwargs in b.METHODS.items():
+            known = SETTINGS.get(kwargs["method"], {})
+            click.echo(f"{label:<24} " + (", ".join(f"{k}={v!r}" for k, v in known.items()) or "(no settings)"))
+        return
+    labels = choose("method label", methods, list(b.METHODS))
+    chosen = method_settings(settings, [b.METHODS[label]["method"] for label in labels])
+    step_counts = [int(s) for s in choose_steps(steps)]
     cases = b.cases_from_file(Path(images)) if images else b.shapes_cases(count)
     editor = editor_from(ctx)
     click.echo(b.HEADER)
-    result = b.run(editor, cases, labels, [int(s) for s in steps.split(",")])
+    result = b.run(editor, cases, labels, step_counts, settings=chosen)
     json_path, png_path = b.save(result, Path(out_dir))
     click.echo(f"wrote {json_path} and {png_path}")
 
@@ -193,10 +200,11 @@ def bench_discovery(ctx, count, steps, from_step, out_dir):
               help="comma-separated edit kinds (swaps: color, shape, size, background).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="sampling steps.")
 @click.option("--seed", default=3, show_default=True, help="seed of the held-out scenes (choose settings on another).")
+@click.option("--method-setting", "settings", **METHOD_SETTING)
 @click.option("--out", "out_dir", default="out/bench", show_default=True, type=click.Path(file_okay=False))
 @click.pass_context
 @friendly
-def bench_matrix(ctx, n, inversions, editors, kinds, steps, seed, out_dir):
+def bench_matrix(ctx, n, inversions, editors, kinds, steps, seed, settings, out_dir):
     """Every inversion x editor pair: reconstruction PSNR vs the VAE ceiling, edits right with the position
     kept per kind, background PSNR, seconds, UNet passes, ratio to the floor. Resumes a stopped run."""
     from ...bench import matrix as b
@@ -206,9 +214,22 @@ def bench_matrix(ctx, n, inversions, editors, kinds, steps, seed, out_dir):
     methods = choose("inversion", inversions, b.inversions())
     chosen = choose("editor", editors, list(EDITORS))
     kinds = choose("edit kind", kinds, list(SWAPS))
-    result = b.run(editor_from(ctx), n, methods, chosen, kinds, steps=steps, seed=seed, out_dir=Path(out_dir))
+    per_method = method_settings(settings, methods)
+    result = b.run(editor_from(ctx), n, methods, chosen, kinds, steps=steps, seed=seed, out_dir=Path(out_dir),
+                   method_settings=per_method)
     click.echo(b.table(result))
     click.echo("wrote " + ", ".join(str(p) for p in b.save(result, Path(out_dir))))
+
+
+def choose_steps(text: str) -> list[int]:
+    """--steps: comma-separated whole numbers of at least 1, or an error saying so."""
+    try:
+        counts = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise InputError(f"--steps takes comma-separated step counts of at least 1 (e.g. 10,20,50); got {text!r}.")
+    return counts
 
 
 def choose(what: str, given: str | None, known: list[str]) -> list[str]:

@@ -66,3 +66,14 @@ def finite_guidance(ctx, param, value):
 GUIDANCE = dict(type=float, default=None, callback=finite_guidance,
                 help="classifier-free guidance scale, 0 or more (default: the model's; 7.5 for SD).")
 STEPS = dict(type=click.IntRange(1, 1000), default=50, show_default=True, help="sampling steps (1 to 1000).")
+
+METHOD_SETTING = dict(multiple=True, metavar="[METHOD:]KEY=VALUE",
+                      help="a setting of an inversion method (repeatable), e.g. edict:mix=0.9 or rounds=10 (to every "
+                           "chosen method that has it); the keys: redraft.inversions.methods.SETTINGS.")
+
+
+def method_settings(pairs, methods) -> dict:
+    """--method-setting texts as {method: settings}, checked (an error names the valid keys) before any work."""
+    from ...inversions.methods import parse_settings
+
+    return parse_settings(list(pairs), list(dict.fromkeys(methods)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ...errors import InputError
-from .common import GUIDANCE, METHOD, STEPS, editor_from, friendly, main
+from .common import GUIDANCE, METHOD, METHOD_SETTING, STEPS, editor_from, friendly, main, method_settings
 from .controls import control_options, controls_given
 
 
@@ -74,11 +74,16 @@ def describe(ctx, images, k, as_json):
 @click.option("--force", is_flag=True, help="redo items whose saved results were made with other settings.")
 @click.option("--use-pie-masks", is_flag=True, help="confine each edit to its annotated mask (PIE-Bench's, or the "
               "manifest's mask column): the table then says 'mask given', not comparable with unmasked rows.")
+@click.option("--inversions", default=None, help="comma-separated inversions (and direct = Direct Inversion over "
+              "DDIM): every item is run with each, one results row per (inversion, editor) pair; with --editors.")
+@click.option("--editors", default=None, help="comma-separated editors (p2p, masactrl, pnp) for --inversions "
+              "(default: the items' own).")
+@click.option("--method-setting", "settings", **METHOD_SETTING)
 @control_options()
 @click.pass_context
 @friendly
 def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip, dino, lpips, limit, force,
-          use_pie_masks, **options):
+          use_pie_masks, inversions, editors, settings, **options):
     """Invert and edit every item of MANIFEST (JSONL, CSV or PIE-Bench's mapping_file.json), with metrics.
 
     Resumable. Scale out with `accelerate launch --multi_gpu --num_processes N -m redraft batch ...`.
@@ -88,9 +93,18 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip,
     from .. import batch as b
     from ...io.loading import BUILTIN
 
+    names = [x.strip() for x in inversions.split(",") if x.strip()] if inversions else None
+    if editors and names is None:
+        raise InputError("--editors goes with --inversions (the pairs to run); give both, or set the editor with --editing.")
+    chosen = [("ddim" if x == "direct" else x) for x in names] if names else [method]
+    given = controls_given(options)
     defaults = b.Defaults(method=method, steps=steps, guidance=guidance, direct=direct,
-                          controls=controls_given(options), use_pie_masks=use_pie_masks)
+                          controls=given, use_pie_masks=use_pie_masks,
+                          settings=method_settings(settings, chosen))
     items = b.read_manifest(manifest, defaults, images)[:limit]
+    if names:
+        fallback = given.get("editing", "p2p")
+        items = b.cross(items, names, [x.strip() for x in (editors or fallback).split(",") if x.strip()], defaults)
 
     def load_editor(device):  # each process on its own device (accelerate's), unless --device says otherwise
         ctx.obj["device"] = device
