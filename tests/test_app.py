@@ -259,3 +259,26 @@ def test_the_api_endpoints_check_uploads_themselves(editor, picture, tmp_path):
         assert len(gallery) == 3 and status.startswith("Inverted (negative-prompt, 2 steps)")
     finally:
         page.close()
+
+
+def test_painted_layers_become_the_mask_and_confine_the_edit(app, picture, image):
+    """The brush's layers -> a mask (painted = may change; nothing painted = no mask), and the edit with
+    it keeps the input's pixels exactly outside the feathered band (keep_outside="pixels")."""
+    from redraft.apps.web import painted_mask
+    from redraft.p2p.region import band
+
+    layer = np.zeros((16, 16, 4), np.uint8)
+    assert painted_mask({"layers": [layer]}) is None and painted_mask(None) is None
+    layer[3:9, 4:12] = (255, 0, 255, 153)
+    mask = painted_mask({"layers": [Image.fromarray(layer)]})
+    assert mask.shape == (16, 16) and mask.sum() == 48 and mask[3:9, 4:12].all()
+    gallery, _, files, _, _, status = app.edit({}, picture, SOURCE, "ddim", 4, TARGET,
+                                               mask_layers={"layers": [layer]}, keep_outside="pixels")
+    assert "painted mask" in status and any(f.endswith("mask.png") for f in files)
+    edited = np.asarray(Image.open(gallery[2][0]))
+    outside = band(mask, 0, 1) == 0  # 1 px feather on the tiny model's 2 px cells: default_band
+    assert outside.sum() > 100 and np.array_equal(edited[outside], np.asarray(image)[outside])
+    assert np.abs(edited[~outside].astype(int) - np.asarray(image)[~outside]).mean() > 1  # the inside changed
+    white = np.full((16, 16, 4), 255, np.uint8)
+    with pytest.raises(gr.Error, match="white everywhere"):
+        app.edit({}, picture, SOURCE, "ddim", 4, TARGET, mask_layers={"layers": [white]})

@@ -2,9 +2,11 @@
 
 Upload an image (or pick a held-out shapes scene), describe it, invert it, edit its prompt, look at
 the per-word attention maps, and download the pictures and the inversion. The page is a thin layer:
-every picture comes from `Editor.invert`, `Editor.edit` and `Editor.word_maps`. An inversion is kept
+every picture comes from `Editor.invert`, `Editor.edit` and `Editor.word_maps`. A mask painted with the
+brush over the image confines the edit (`Editor.edit(mask=...)`, docs/region-edits.md). An inversion is kept
 in the session, keyed by (model, image, source prompt, method, steps), so a second edit of the same
-image does not invert it again (and an inversion by another model, or model family, is never reused); a saved inversion can be uploaded instead of the image.
+image does not invert it again (and an inversion by another model, or model family, is never reused); a
+saved inversion can be uploaded instead of the image.
 
 Gradio's analytics are switched off before it is imported: the app makes no network requests.
 """
@@ -35,6 +37,8 @@ from ..io.image import MAX_PIXELS, check_size, load_image  # noqa: E402
 from ..inversions import METHODS  # noqa: E402
 from ..io.inversion_file import Inversion  # noqa: E402
 from ..io.loading import BUILTIN  # noqa: E402
+from ..io.mask import crop_like, load_mask  # noqa: E402
+from ..p2p.region import KEEP_OUTSIDE, check_keep_outside, stop_step  # noqa: E402
 from ..eval.metrics import psnr  # noqa: E402
 from ..p2p.controls import Controls, to_text  # noqa: E402
 
@@ -87,6 +91,38 @@ def stacked(pictures: list[Image.Image]) -> Image.Image:
         canvas.paste(p, (0, y))
         y += p.height
     return canvas
+
+
+def layer_alpha(layer) -> np.ndarray:
+    """One ImageEditor layer (a PIL image, an RGBA array or a file) -> its alpha in [0, 1] (1: painted)."""
+    if isinstance(layer, (str, Path)):
+        check_size(layer, MAX_PIXELS)
+        with Image.open(layer) as im:
+            layer = im.convert("RGBA")
+    if isinstance(layer, Image.Image):
+        return np.asarray(layer.convert("RGBA").getchannel("A"), dtype=np.float32) / 255
+    a = np.asarray(layer)
+    if a.ndim != 3 or a.shape[-1] != 4:
+        raise InputError(f"a painted layer is an RGBA picture; got an array of shape {a.shape}.")
+    return a[..., 3].astype(np.float32) / 255
+
+
+def painted_mask(value: dict | None) -> np.ndarray | None:
+    """The brush layers of a gr.ImageEditor value -> a mask [H, W] (1 where any layer is painted, 0 where
+    none is), or None when nothing is painted (no mask). `io.mask.load_mask` judges it afterwards."""
+    layers = [layer for layer in (value or {}).get("layers") or [] if layer is not None]
+    alphas = [layer_alpha(layer) for layer in layers]
+    if len({a.shape for a in alphas}) > 1:
+        raise InputError("the painted layers differ in size; press Clear mask and paint again.")
+    painted = np.max(alphas, axis=0) > 0 if alphas else None
+    return painted.astype(np.float32) if painted is not None and painted.any() else None
+
+
+def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The image with the mask's may-change region tinted magenta (the page's brush colour)."""
+    a = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)[..., None] * 0.6
+    return Image.fromarray((a * (1 - m) + np.array([255, 0, 255], np.float32) * m).round().astype(np.uint8))
 
 
 def examples(n: int = 4) -> list[tuple[Image.Image, str]]:
@@ -152,6 +188,15 @@ class App:
         if path:
             open_upload(path, self.max_pixels)
 
+    def mask_canvas(self, value) -> dict | None:
+        """The brush's canvas for a new image (or Clear mask): the image as background, nothing painted.
+        An upload that is not a picture leaves it empty (`check_upload` says why)."""
+        try:
+            image = self.image(value)
+        except InputError:
+            return None
+        return {"background": image, "layers": [], "composite": image}
+
     @shown
     def describe(self, image_path: str | dict | None) -> str:
         """The source prompt predicted from the image (`Editor.describe`)."""
@@ -174,12 +219,15 @@ class App:
 
     @shown
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
-             targets: str, controls: dict | None = None, progress=gr.Progress(track_tqdm=True)):
+             targets: str, controls: dict | None = None, mask_layers: dict | None = None,
+             keep_outside: str = "pixels", mask_stop: float = 1.0, progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         `controls`: {control name or manifest column: value or text} as the page's inputs give them
-        (`control_inputs`); empty ones keep the paper's defaults. Returns (gallery, attention maps,
-        PNG files, inversion file, cache, status).
+        (`control_inputs`); empty ones keep the paper's defaults. `mask_layers`: the brush's ImageEditor
+        value (painted = may change; nothing painted: no mask), passed with `keep_outside` and
+        `mask_stop` to `Editor.edit` (Blended Latent Diffusion, docs/region-edits.md). Returns (gallery,
+        attention maps, PNG files, inversion file, cache, status).
         """
         image = self.image(image_path)
         prompt = (prompt or "").strip()
@@ -191,6 +239,12 @@ class App:
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
         chosen = Controls.from_strings(controls or {})
+        mask = painted_mask(mask_layers)
+        if mask is not None:  # judged before any UNet pass; cropped as the image is (`Editor.prepare`)
+            load_mask(mask, image.size)
+            check_keep_outside(keep_outside)
+            stop_step(float(mask_stop), 1)
+            mask = crop_like(mask, image.size, self.editor.resolution, multiple=self.editor.pipeline.vae_scale_factor)
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
         inversion = cache.get(key)
@@ -203,7 +257,8 @@ class App:
             how = f"Reused the session's inversion ({method}, {inversion.steps} steps): no inverting"
         cache = self.remember(cache, key, inversion)
         progress(0.5, desc="editing")
-        result = self.editor.edit(inversion, targets_list, controls=chosen)
+        region = dict(mask=mask, keep_outside=keep_outside, mask_stop=float(mask_stop)) if mask is not None else {}
+        result = self.editor.edit(inversion, targets_list, controls=chosen, **region)
         maps = stacked([self.editor.word_maps(result, row=b).draw(cell=128) for b in range(len(result))])
         source = Image.fromarray(inversion.image)
 
@@ -215,13 +270,22 @@ class App:
         paths = [str(save_image(im, out / f"{n}.png", metadata=meta if k > 1 else None))
                  for k, (im, n) in enumerate(zip(pictures, names))]
         grid_path = str(save_image(grid(pictures, captions), out / "grid.png", metadata=meta))
+        extra, where = [], ""
+        if result.region is not None:  # the mask used (at the model's size), alone and over the input
+            m = result.region.mask
+            kept = "the input's pixels" if keep_outside == "pixels" else "the latent blend's decoding"
+            paths.append(str(save_image(overlay(source, m), out / "mask-over-input.png")))
+            captions.append(f"mask (magenta: may change; outside: {kept})")
+            extra.append(str(save_image(Image.fromarray((m * 255).round().astype(np.uint8)), out / "mask.png")))
+            where = (f"; the painted mask ({m.mean():.0%} of the image) confined the edit (latent blend over "
+                     f"{float(mask_stop):.0%} of the steps; outside it {kept})")
         maps_path = str(save_image(maps, out / "attention.png"))
         controls_path = str(chosen.save(out / "controls.json"))
         inversion_path = str(inversion.save(out / f"inversion-{method}-{inversion.steps}.safetensors"))
         changed = chosen.changed()
-        status = (f"{how}; reconstruction PSNR {psnr(source, result[0]):.1f} dB against the input; controls: "
+        status = (f"{how}; reconstruction PSNR {psnr(source, result[0]):.1f} dB against the input{where}; controls: "
                   + (", ".join(f"{k} {v}" for k, v in changed.items()) if changed else "the paper's defaults") + ".")
-        return (list(zip(paths, captions)), maps_path, [*paths, grid_path, maps_path, controls_path], inversion_path,
+        return (list(zip(paths, captions)), maps_path, [*paths, *extra, grid_path, maps_path, controls_path], inversion_path,
                 cache, status)
 
     # ------------------------------------------------------------------ helpers
@@ -278,6 +342,21 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     steps = gr.Slider(1, 200, value=50, step=1, label="steps", elem_id="steps")
                 targets = gr.Textbox(label="target prompt (one per line for several edits)", lines=2,
                                      elem_id="targets")
+                with gr.Accordion("confine the edit to a region: paint a mask over the image", open=False,
+                                  elem_id="region"):
+                    mask_box = gr.ImageEditor(label="brush = may change (nothing painted: no mask)", type="pil",
+                                              image_mode="RGBA", format="png", sources=(), transforms=(),
+                                              layers=gr.LayerOptions(allow_additional_layers=False),
+                                              brush=gr.Brush(colors=[("#ff00ff", 0.6)], color_mode="fixed"),
+                                              height=320, elem_id="mask", elem_classes=small)
+                    with gr.Row():
+                        keep_outside = gr.Radio(list(KEEP_OUTSIDE), value="pixels", elem_id="keep-outside",
+                                                label="outside the mask: the input's pixels, or the latent blend only")
+                        # the built-in model's VAE codes objects with their surroundings: half the steps
+                        # blended lets the last ones mend the seam (docs/region-edits.md, chosen on seed 11)
+                        mask_stop = gr.Slider(0, 1, value=0.5 if editor.model_id == BUILTIN else 1.0, step=0.05,
+                                              label="mask_stop: fraction of the steps blended", elem_id="mask-stop")
+                    clear_mask = gr.Button("Clear mask", size="sm", elem_id="clear-mask")
                 with gr.Accordion("edit controls (Prompt-to-Prompt's defaults; empty: unset)", open=False):
                     control_boxes = control_inputs(Controls())
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
@@ -292,23 +371,34 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                                          "edit again without inverting", elem_id="inversion")
         model_queue = dict(concurrency_id="model", concurrency_limit=1)  # one job on the model at a time
         image.upload(app.check_upload, image, None, preprocess=False).failure(lambda: None, None, image)
+        image.change(app.mask_canvas, image, mask_box, preprocess=False)
+        clear_mask.click(app.mask_canvas, image, mask_box, preprocess=False)
         describe.click(app.describe, image, prompt, api_name="describe", preprocess=False, **model_queue)
         saved.upload(app.use_inversion, [saved, cache], [image, prompt, method, steps, cache, status])
         shown_inputs = [cache, image, prompt, method, steps, targets]
-        inputs = [*shown_inputs, *control_boxes.values()]
+        region_inputs = [keep_outside, mask_stop, mask_box]
+        inputs = [*shown_inputs, *control_boxes.values(), *region_inputs]
 
         def on_edit(*values):
-            """The Edit button, and the API's /edit: the page's inputs in order, then the progress tracker."""
+            """The Edit button, and the API's /edit: the page's inputs in order (the region's last, optional),
+            then the progress tracker. The events pass values unprocessed (uploads meet redraft's checks);
+            the brush's value is Gradio's to unpack (its layers come as files or as blobs)."""
             *values, progress = values
-            return app.edit(*values[:6], progress=progress,
-                            controls={name: box_value(name, v) for name, v in zip(control_boxes, values[6:])})
+            n = 6 + len(control_boxes)
+            keep, stop, layers = values[n:n + 3] if len(values) > n else ("pixels", 1.0, None)  # region: optional
+            painted = mask_box.preprocess(mask_box.data_model.model_validate(layers)) if layers else None
+            return app.edit(*values[:6], progress=progress, mask_layers=painted, keep_outside=keep, mask_stop=stop,
+                            controls={name: box_value(name, v) for name, v in zip(control_boxes, values[6:n])})
 
         on_edit.__signature__ = inspect.Signature(  # the API's parameter names (Gradio reads the signature)
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-             for n in ("cache", "image", "prompt", "method", "steps", "targets", *control_boxes)]
+             for n in ("cache", "image", "prompt", "method", "steps", "targets", *control_boxes, "keep_outside",
+                       "mask_stop")]
+            + [inspect.Parameter("mask", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]  # optional
             + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  default=gr.Progress(track_tqdm=True))])
         page.redraft_inputs, page.redraft_edit = (shown_inputs, control_boxes), on_edit  # for tests
+        page.redraft_region = region_inputs
         run.click(on_edit, inputs, [gallery, attention, files, inversion_file, cache, status], api_name="edit",
                   show_progress_on=gallery, preprocess=False, **model_queue)
     return page
