@@ -118,6 +118,20 @@ def test_direct_inversion_keeps_the_source_on_its_pivot(editor, image):
     assert not np.array_equal(pixels(out[1]), pixels(on_pivot))
 
 
+def test_direct_inversion_guides_npi_and_nti_edits_against_the_empty_prompt(editor, image):
+    """With Direct Inversion every branch is put back on the pivot, so NPI's source-prompt nulls only
+    pull the edit towards the source: a Direct edit of an NPI inversion is the Direct edit of the same
+    DDIM pivot (guided against ""), and differs from the plain NPI edit."""
+    ddim = editor.invert(image, PROMPT, method="ddim", steps=STEPS, progress=False)
+    npi = editor.invert(image, PROMPT, method="negative-prompt", steps=STEPS, progress=False)
+    assert torch.equal(ddim.pivots, npi.pivots)
+    on_ddim = editor.edit(ddim, "a photo of a dog", direct=True, progress=False)
+    on_npi = editor.edit(npi, "a photo of a dog", direct=True, progress=False)
+    plain = editor.edit(npi, "a photo of a dog", direct=False, progress=False)
+    assert np.array_equal(pixels(on_npi[1]), pixels(on_ddim[1]))
+    assert np.abs(pixels(plain[1]) - pixels(on_npi[1])).max() > 1
+
+
 def test_processors_are_restored(editor):
     before = {k: type(v) for k, v in editor.pipeline.unet.attn_processors.items()}
     editor.generate([PROMPT, "a photo of a dog"], seed=0, steps=2, progress=False)

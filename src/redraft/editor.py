@@ -30,10 +30,9 @@ from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, default_device, editing_reci
 from .p2p.attention import AttentionControl, controlled
 from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
-from .p2p import recipe as R
 from .p2p.kinds import probe_maps
 from .p2p.recipe import REFERENCE, Recipe
-from .p2p import editors
+from .p2p import editors, recipe as R
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
 from .p2p.plan import plan, skipped_steps
@@ -313,7 +312,8 @@ class Editor:
         unconditional embeddings (null-text: the optimised ones; negative-prompt: the source prompt's).
         The source branch reproduces `reconstruct(inversion)`. `controls` (None: the model's recipe for
         each edit's kind, `p2p.recipe`; "paper": the P2P paper's; or a `Controls`) with `overrides` set
-        field by field. `direct=True` is Direct Inversion (`inversions.direct`; None: the recipe's).
+        field by field. `direct=True` is Direct Inversion (`inversions.direct`; None: the recipe's), whose
+        NPI / null-text edits guide against "", not the source's nulls (docs/experiments/direct_nulls.py).
 
         `mask` (a PIL image, an array or a path; white or True = may change, soft values allowed; resized
         to the inversion's image when only its size differs, `io.mask`) confines every edit to a region
@@ -345,7 +345,9 @@ class Editor:
                                                 mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)
                                       for c, d, ks in parts], [ks for *_, ks in parts])
         controls, direct = rows[0]
-        uncond = inversion.per_step_nulls()[:, None].expand(-1, b, -1, -1).to(self.device)
+        nulls = self.embed([""], like=source).cpu().expand(inversion.steps, -1, -1) \
+            if direct and inversion.method in new_methods.SOURCE_NULLS else inversion.per_step_nulls()
+        uncond = nulls[:, None].expand(-1, b, -1, -1).to(self.device)
         start = skipped_steps(controls.skip_steps, inversion.steps)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
         region = Region.of(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]),

@@ -132,6 +132,7 @@ class Hooks:
 
 
 NO_DIRECT = ("edict",)  # inversions that Direct Inversion cannot edit (no single DDIM pivot)
+SOURCE_NULLS = ("negative-prompt", "null-text")  # nulls that stand in for the source; Direct edits use ""
 
 
 def hooks(inversions: Sequence, rows: int, schedule: Schedule, device, start: int = 0, direct: bool = False) -> Hooks:
