@@ -31,7 +31,6 @@ from .p2p.attention import AttentionControl, controlled
 from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
 from .p2p.kinds import probe_maps
-from .p2p.recipe import REFERENCE, Recipe
 from .p2p import editors, recipe as R
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
@@ -61,7 +60,7 @@ class Editor:
     """Describes, inverts, reconstructs and edits images with one Stable Diffusion pipeline."""
 
     def __init__(self, pipeline, model_id: str, describer: str | Path | None = None,
-                 guidance_scale: float = DEFAULT_GUIDANCE, recipe: Recipe = REFERENCE):
+                 guidance_scale: float = DEFAULT_GUIDANCE, recipe: R.Recipe = R.REFERENCE):
         self.pipeline = pipeline
         self.guidance_scale = guidance_scale  # used wherever a call gives none
         self.recipe = recipe  # the controls of an edit that passes none (`p2p.recipe`)
@@ -119,15 +118,16 @@ class Editor:
 
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Images -> latents: the VAE posterior mean times its scaling factor (reference.md)."""
+        """Images -> latents: the VAE posterior mean times its scale, one image at a time (VAE slicing)."""
         vae = self.pipeline.vae
         x = to_tensor(list(images)).to(self.device, vae.dtype)
-        return vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor
+        return torch.cat([vae.encode(x[i:i + 1]).latent_dist.mean.float() for i in range(len(x))]) * vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents -> images, one at a time (VAE slicing, as `encode`)."""
         vae = self.pipeline.vae
-        return to_pil(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample)
+        return [to_pil(vae.decode(z[None].to(vae.dtype) / vae.config.scaling_factor).sample)[0] for z in latents]
 
     # ------------------------------------------------------------------ description
 
@@ -176,8 +176,8 @@ class Editor:
                              "method='null-text'.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
-        if null_init not in ("null", "source"):
-            raise InputError(f"null_init must be 'null' (the empty prompt, as in the paper) or 'source'; got {null_init!r}.")
+        if null_init not in ("null", "source", "npi") or (null_init == "npi" and global_null):
+            raise InputError(f"null_init is 'null' (the empty prompt, as in the paper), 'source' or 'npi' (not with global_null); got {null_init!r}.")
         settings = new_methods.settings(method, settings)
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
@@ -218,8 +218,8 @@ class Editor:
         if method == "null-text":
             with conditioning.pooled_trainable(self.unet, null_pooled):
                 nulls = null_text_optimisation(
-                    self.unet, schedule, pivots, cond, cond if null_init == "source" else empty, guidance_scale,
-                    inner_steps=inner_steps, shared=global_null, progress=progress)
+                    self.unet, schedule, pivots, cond, empty if null_init == "null" else cond, guidance_scale,
+                    inner_steps=inner_steps, shared=global_null, from_source=null_init == "npi", progress=progress)
             options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
             if self.unet.layout is not None:
                 options["null_pooled"] = null_pooled

@@ -46,7 +46,7 @@ class Adam:
 def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, cond: torch.Tensor,
                            null_init: torch.Tensor, guidance_scale: float = 7.5, *, inner_steps: int = 10,
                            lr: float = 1e-2, tolerance: tuple[float, float] = (1e-5, 2e-5),
-                           shared: bool = False, progress: bool = True) -> torch.Tensor:
+                           shared: bool = False, from_source: bool = False, progress: bool = True) -> torch.Tensor:
     """Null-text inversion (Mokady et al. 2023, Algorithm 1), batched over images.
 
     For each step i, starting from the previous step's embedding (first: `null_init`, the empty
@@ -57,6 +57,11 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
     checked before each update, so a converged row costs no extra pass. Embedding and optimiser stay
     in fp32 whatever the UNet's dtype. Returns [N, B, L, D], or [1, B, L, D] when `shared` (one
     embedding carried through all steps: the paper's "global null-text" ablation).
+
+    `from_source` (warm start): every step starts from the source prompt's embedding `cond`, where
+    guided sampling is negative-prompt inversion's step (Miyake et al. 2023), so that its first pass is
+    also f_c; the step keeps the best embedding it evaluated, so it never ends worse than NPI's. Each
+    update costs one backward and one forward pass: 1 + 2 * inner_steps samples a step at most.
     """
     batch = pivots.shape[1]
     null = null_init.float().clone()
@@ -67,8 +72,13 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
         t, a, a_next = schedule.timesteps[i], schedule.alphas[i], schedule.alphas[i + 1]
         target = pivots[i + 1]
         threshold = tolerance[0] + i * tolerance[1]
-        with torch.no_grad():
-            f_c = model(z, t, cond)
+        if from_source:
+            null, f_c = cond.float().clone(), None  # NPI's null; its pass below gives f_c
+            best = torch.full((batch,), float("inf"), device=z.device)
+            best_null = null.clone()
+        else:
+            with torch.no_grad():
+                f_c = model(z, t, cond)
         adam = Adam.like(null)
         z_next = torch.empty_like(z)
         active = torch.arange(batch, device=z.device)
@@ -77,11 +87,18 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
             u = null[active].clone().requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 f_u = model(z[active], t, u)
+                if f_c is None:
+                    f_c = f_u.detach()
                 guided = f_u + guidance_scale * (f_c[active] - f_u)
                 stepped = ddim.step(z[active], guided, a, a_next, schedule.prediction_type)
                 loss = (stepped - target[active]).pow(2).flatten(1).mean(dim=1)
+            if from_source:  # keep the best seen: never worse than NPI's step
+                better = loss.detach() < best[active]
+                rows = active[better]
+                best[rows], best_null[rows], z_next[rows] = loss.detach()[better], null[rows], stepped.detach()[better]
             done = (loss < threshold) | last
-            z_next[active[done]] = stepped[done].detach()
+            if not from_source:
+                z_next[active[done]] = stepped[done].detach()
             if done.all():
                 break
             grad = torch.autograd.grad(loss[~done].sum(), u)[0]
@@ -89,6 +106,8 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
             with torch.no_grad():
                 adam.update(null, grad[~done], active[~done], lr * (1 - i / 100))
             active = active[~done]
+        if from_source:
+            null = best_null
         per_step.append(null.clone())
         z = z_next
         bar.set_postfix(loss=f"{float(loss.detach().max()):.2e}")
