@@ -77,3 +77,9 @@ def method_settings(pairs, methods) -> dict:
     from ...inversions.methods import parse_settings
 
     return parse_settings(list(pairs), list(dict.fromkeys(methods)))
+
+
+def method_setting_of(pairs, method: str) -> dict | None:
+    """--method-setting texts of a command that runs one inversion `method`: its settings (None: none
+    given), checked before any work (an unknown key names the keys `method` takes)."""
+    return method_settings(pairs, [method]).get(method)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ...errors import InputError
-from .common import GUIDANCE, METHOD, STEPS, editor_from, friendly, main
+from .common import GUIDANCE, METHOD, METHOD_SETTING, STEPS, editor_from, friendly, main, method_setting_of
 from .controls import control_options, controls_base
 
 
@@ -22,20 +22,22 @@ from .controls import control_options, controls_base
               help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
 @click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
 @click.option("--keep-aspect", is_flag=True, help="keep the aspect ratio instead of a centre crop.")
+@click.option("--method-setting", "settings", **METHOD_SETTING)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="the .safetensors file to write.")
 @click.option("--force", is_flag=True, help="replace the output if it exists.")
 @click.pass_context
 @friendly
-def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, output, force):
+def invert(ctx, image, prompt, method, steps, guidance, null_init, global_null, keep_aspect, settings, output, force):
     """Invert IMAGE: save the trajectory that regenerates it."""
     from ...io.files import check_output
     from ...io.image import load_image
 
+    chosen = method_setting_of(settings, method)
     check_output(output, force, image=False)  # any name: `edit` and `reconstruct` recognise the file by content
     load_image(image)  # fail on a bad image before loading the model
     editor = editor_from(ctx)
     inv = editor.invert(image, prompt, method=method, steps=steps, guidance_scale=guidance,
-                        null_init=null_init, global_null=global_null, keep_aspect=keep_aspect)
+                        null_init=null_init, global_null=global_null, keep_aspect=keep_aspect, settings=chosen)
     inv.save(output, replace=force)  # of two runs writing one new path, exactly one wins
     if prompt is None:
         click.echo(f"described as: {inv.prompt}")
@@ -164,12 +166,14 @@ def echo_controls(result, recipe) -> None:
 @click.option("--steps", **STEPS)
 @click.option("--direct/--no-direct", default=None,
               help="Direct Inversion: keep the source branch on its pivot (default: the model's editing recipe's).")
+@click.option("--method-setting", "settings", **METHOD_SETTING)
 @edit_outputs
 @mask_options
 @control_options()
 @click.pass_context
 @friendly
-def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mask, keep_outside, mask_stop, **options):
+def edit(ctx, source, prompt, method, steps, direct, settings, targets, output, force, mask, keep_outside, mask_stop,
+         **options):
     """Edit SOURCE (an image, or an inversion saved by `redraft invert`) towards the target prompts."""
     from PIL import Image
 
@@ -180,11 +184,15 @@ def edit(ctx, source, prompt, method, steps, direct, targets, output, force, mas
     check_edit_outputs(output, force)
     base, given = controls_base(options)
     is_inversion = is_saved_inversion(source, prompt, "editing", needs_prompt=False)
+    if is_inversion and settings:
+        raise InputError("--method-setting applies when an image is inverted; a saved inversion keeps the settings "
+                         "it was made with (invert the image again with them).")
+    chosen = method_setting_of(settings, method)
     saved = Inversion.load(source) if is_inversion else None
     size = (saved.image.shape[1], saved.image.shape[0]) if saved is not None else check_size(source)
     values = checked_mask(mask, size)
     editor = editor_from(ctx)
-    inv = saved if saved is not None else editor.invert(source, prompt, method=method, steps=steps)
+    inv = saved if saved is not None else editor.invert(source, prompt, method=method, steps=steps, settings=chosen)
     if not is_inversion and prompt is None:
         click.echo(f"described as: {inv.prompt}")
     if values is not None and not is_inversion:  # a mask of the original's size: cropped as the image was
