@@ -2,7 +2,8 @@
 
 The server is the real command on the built-in model; the page is used as a person would: upload a
 file that is not a picture (refused, in the page), then a shapes scene, describe it, invert and edit
-it in 10 steps, and fetch the edited picture and the inversion back. Skipped (with the reason) when Chromium or Playwright is missing, unless
+it in 10 steps, and fetch the edited picture and the inversion back; and paint a mask with the brush by
+mouse drags, edit, and check that the pixels outside it are the input's. Skipped (with the reason) when Chromium or Playwright is missing, unless
 REDRAFT_REQUIRE_E2E=1 (CI), where that is a failure. Playwright never downloads a browser here.
 """
 
