@@ -320,6 +320,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
     app = App(editor, max_pixels)
     model = "the built-in shapes model" if editor.model_id == BUILTIN else f"`{editor.model_id}`"
     small = ["pixelated"] if editor.resolution < 256 else []
+    brush = max(2, round(editor.resolution / 20))  # radius in image px: 3 on the built-in model, 26 on SD
     with gr.Blocks(title="redraft", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
         page.redraft = app  # keeps the work folder alive as long as the page
         cache = gr.State({})
@@ -347,7 +348,10 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     mask_box = gr.ImageEditor(label="brush = may change (nothing painted: no mask)", type="pil",
                                               image_mode="RGBA", format="png", sources=(), transforms=(),
                                               layers=gr.LayerOptions(allow_additional_layers=False),
-                                              brush=gr.Brush(colors=[("#ff00ff", 0.6)], color_mode="fixed"),
+                                              # Gradio's "auto" size is a fixed 25 px radius: most of a 64 px image
+                                              brush=gr.Brush(colors=[("#ff00ff", 0.6)], color_mode="fixed",
+                                                             default_size=brush),
+                                              eraser=gr.Eraser(default_size=brush),
                                               height=320, elem_id="mask", elem_classes=small)
                     with gr.Row():
                         keep_outside = gr.Radio(list(KEEP_OUTSIDE), value="pixels", elem_id="keep-outside",
