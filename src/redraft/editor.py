@@ -336,10 +336,9 @@ class Editor:
         source = inversion.prompt_embedding[None].to(self.device)
         cond = torch.cat([source, self.embed(targets, like=source)])
         pivots = inversion.pivots.to(self.device)
-        if direct is None and inversion.method in new_methods.NO_DIRECT:
-            direct = False  # the recipe's Direct Inversion needs a DDIM-like pivot
         rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, direct,
-                          lambda: probe_maps(self.unet, pivots[mid][None], schedule.timesteps[mid], cond, mid))
+                          lambda: probe_maps(self.unet, pivots[mid][None], schedule.timesteps[mid], cond, mid),
+                          drop=new_methods.NOT_FROM_RECIPE.get(inversion.method, ()))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], direct=d, progress=progress, controls=c,
                                                 mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)

@@ -131,7 +131,8 @@ class Hooks:
     callback: Callable | None = None
 
 
-NO_DIRECT = ("edict",)  # inversions that Direct Inversion cannot edit (no single DDIM pivot)
+# recipe settings an inversion cannot take (EDICT: no single DDIM pivot, coupled steps): left at their defaults
+NOT_FROM_RECIPE = {"edict": ("direct", "layout_guidance", "renoise_step")}
 SOURCE_NULLS = ("negative-prompt", "null-text")  # nulls that stand in for the source; Direct edits use ""
 
 

@@ -82,7 +82,7 @@ REFERENCE = Recipe()
 
 
 def in_effect(recipe: Recipe, kind: EditKind | None, controls: Controls | str | None, overrides: dict,
-              direct: bool | None) -> tuple[Controls, bool]:
+              direct: bool | None, drop: tuple = ()) -> tuple[Controls, bool]:
     """(Controls, direct) of one edit: the recipe's for its kind with `overrides` on top when `controls`
     is None; `controls` itself (a `Controls`, or the paper's for "paper") with `overrides` otherwise.
     `direct` None: the recipe's (without a recipe: off)."""
@@ -92,26 +92,26 @@ def in_effect(recipe: Recipe, kind: EditKind | None, controls: Controls | str | 
         return Controls.make(None, **overrides), bool(direct)
     if controls is not None:
         return Controls.make(controls, **overrides), bool(direct)
-    settings = recipe.settings(kind)
+    settings = {k: v for k, v in recipe.settings(kind).items() if k not in drop}  # `drop`: what the inversion cannot take
     recipe_direct = bool(settings.pop("direct", False))
     return Controls.make(None, **{**settings, **overrides}), recipe_direct if direct is None else bool(direct)
 
 
 def per_edit(recipe: Recipe, tokenizer, prompts: list[str], controls: Controls | str | None, overrides: dict,
-             direct: bool | None, probe) -> list[tuple[Controls, bool]]:
+             direct: bool | None, probe, drop: tuple = ()) -> list[tuple[Controls, bool]]:
     """(Controls, direct) of each edit prompts[0] -> prompts[k], k >= 1 (`in_effect` of its kind).
 
     The kinds are read only when the recipe decides by kind and the caller passed no `Controls`;
     `probe()` gives the source's attention maps [B, h, w, L] (`kinds.probe_maps`) and is called only
     when some key needs the extent (it costs one UNet pass per prompt)."""
     if controls is not None or not recipe.by_kind:
-        return [in_effect(recipe, None, controls, overrides, direct)] * (len(prompts) - 1)
+        return [in_effect(recipe, None, controls, overrides, direct, drop)] * (len(prompts) - 1)
     reweighted = tuple(overrides.get("reweight", {}))
     if recipe.needs_extent:
         kinds = edit_kinds(tokenizer, prompts, probe(), reweighted)
     else:
         kinds = [structure_kind(prompts[0], target, reweighted) for target in prompts[1:]]
-    return [in_effect(recipe, kind, None, overrides, direct) for kind in kinds]
+    return [in_effect(recipe, kind, None, overrides, direct, drop) for kind in kinds]
 
 
 def groups(rows: list[tuple[Controls, bool]]) -> list[tuple[Controls, bool, list[int]]]:
