@@ -113,7 +113,11 @@ def test_every_control_edits_on_sdxl(xl_editor, xl_image, target, controls):
     start = 2 if controls.get("skip_steps") else 0
     guided = 1 if controls.get("layout_guidance") else 0  # layout guidance: one more pass per edit and step
     edit = 1 if target == PROMPT else 2  # the edit's prompt is the source's: its null is its prompt too (NPI)
-    assert out.unet_forward == (STEPS - start) * (1 + edit + guided)  # source: 1 pass a step (NPI)
+    if controls.get("direct"):  # Direct Inversion guides NPI's branches against "": two passes each
+        edit, source_passes = 2, 2
+    else:
+        source_passes = 1  # source: 1 pass a step (NPI)
+    assert out.unet_forward == (STEPS - start) * (source_passes + edit + guided)
     source, edit = (np.asarray(im).astype(int) for im in out.images)
     if controls.get("direct"):
         assert np.array_equal(source, np.asarray(xl_editor.decode(inv.pivots[-1][None])[0]).astype(int))
