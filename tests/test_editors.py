@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import redraft
+from redraft.p2p.recipe import REFERENCE
 from redraft.errors import InputError
 from redraft.p2p.branches import latent_of_rows, self_attention_layers, source_rows
 from redraft.p2p.masactrl import start_layer
@@ -21,7 +22,11 @@ SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
 @pytest.fixture(scope="module")
 def builtin():
-    return redraft.load(device="cpu")
+    """The built-in model with P2P's defaults in place of its editing recipe: the baselines here are
+    the editors against P2P's defaults, and the pass counts are those of the methods alone."""
+    editor = redraft.load(device="cpu")
+    editor.recipe = REFERENCE
+    return editor
 
 
 def test_layers_run_in_the_forward_order_and_l_keeps_its_fraction(builtin):
