@@ -267,7 +267,7 @@ class Editor:
     def generate(self, prompts: str | Sequence[str], *, seed: int = 0, steps: int = 50,
                  guidance_scale: float | None = None, negative_prompt: str = "", progress: bool = True,
                  controls: Controls | str | None = None, size: tuple[int, int] | None = None,
-                 mask: MaskLike | None = None, keep_outside: str = "pixels", mask_stop: float = 1.0,
+                 mask: MaskLike | None = None, keep_outside: str = "pixels", mask_stop: float | None = None,
                  **overrides) -> EditResult:
         """Images of `prompts`, all from the same starting noise x_T (drawn on the CPU from `seed`).
 
@@ -285,27 +285,29 @@ class Editor:
         ids = conditioning.time_ids(size, size)
         cond = self.embed(prompts, ids)
         x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
-        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, False,
+        switches = {"direct": False, "mask_stop": mask_stop}
+        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, switches,
                           lambda: probe_maps(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.generate([prompts[0], *(prompts[k + 1] for k in ks)], seed=seed, steps=steps,
                                       guidance_scale=guidance_scale, negative_prompt=negative_prompt, progress=progress,
-                                      controls=c, size=size, mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)
-                                      for c, _, ks in parts], [ks for *_, ks in parts])
-        controls = rows[0][0] if rows else R.in_effect(self.recipe, None, controls, overrides, False)[0]
+                                      controls=c, size=size, mask=mask, keep_outside=keep_outside,
+                                      mask_stop=sw["mask_stop"]) for c, sw, ks in parts], [ks for *_, ks in parts])
+        controls, switches = rows[0] if rows else R.in_effect(self.recipe, None, controls, overrides, switches)
         if controls.skip_steps:
             raise InputError("skip_steps starts an edit from an inversion's pivots; generation has none "
                              "(invert an image and edit it, or leave skip_steps at 0).")
         uncond = self.embed([negative_prompt] * len(prompts), ids)
-        region = Region.of(mask, keep_outside, size, tuple(x_T.shape[-2:]), self.pipeline.vae_scale_factor, self.device)
+        region = Region.of(mask, keep_outside, size, tuple(x_T.shape[-2:]), self.pipeline.vae_scale_factor, self.device,
+                           switches["mask_stop"])
         result = self._p2p(prompts, x_T, cond, uncond, guidance_scale, schedule, controls, None, progress,
                            "generation", region=region and LatentBlend.on_source_branch(
-                               region.latent, stop_step(mask_stop, steps)))
+                               region.latent, stop_step(region.mask_stop, steps)))
         return region.apply(result, result.images[0]) if region else result
 
     def edit(self, inversion: Inversion, target: str | Sequence[str], *, direct: bool | None = None,
              progress: bool = True, controls: Controls | str | None = None, mask: MaskLike | None = None,
-             keep_outside: str = "pixels", mask_stop: float = 1.0, **overrides) -> EditResult:
+             keep_outside: str = "pixels", mask_stop: float | None = None, **overrides) -> EditResult:
         """Edit an inverted image by editing its prompt: an `EditResult` [source branch, edit 1, ...].
 
         All branches start from the inversion's x_T (or its pivot at `skip_steps`) and use its per-step
@@ -321,8 +323,8 @@ class Editor:
         outside the mask is the inversion's pivot at that step, then (`keep_outside="pixels"`) the
         pixels outside the slightly grown, feathered mask are the input image's own; `"latents"` keeps
         the latent blend only. With LocalBlend, the mask bounds its region. `mask_stop` (a fraction of
-        the steps, Blended Latent Diffusion's 1: all) ends the latent blend early, so that the last steps
-        can mend a VAE whose latents are not local (the built-in model's, for a new background).
+        the steps; None: the recipe's, else Blended Latent Diffusion's 1: all) ends the latent blend early,
+        so that the last steps can mend a VAE whose latents are not local (the built-in model's).
         """
         inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
         targets = [target] if isinstance(target, str) else list(target)
@@ -336,26 +338,28 @@ class Editor:
         source = inversion.prompt_embedding[None].to(self.device)
         cond = torch.cat([source, self.embed(targets, like=source)])
         pivots = inversion.pivots.to(self.device)
-        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, direct,
+        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
+                          {"direct": direct, "mask_stop": mask_stop},
                           lambda: probe_maps(self.unet, pivots[mid][None], schedule.timesteps[mid], cond, mid),
                           drop=new_methods.NOT_FROM_RECIPE.get(inversion.method, ()))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
-            return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], direct=d, progress=progress, controls=c,
-                                                mask=mask, keep_outside=keep_outside, mask_stop=mask_stop)
-                                      for c, d, ks in parts], [ks for *_, ks in parts])
-        controls, direct = rows[0]
+            return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], progress=progress, controls=c,
+                                                mask=mask, keep_outside=keep_outside, **sw)
+                                      for c, sw, ks in parts], [ks for *_, ks in parts])
+        controls, switches = rows[0]
+        direct = switches["direct"]
         nulls = self.embed([""], like=source).cpu().expand(inversion.steps, -1, -1) \
             if direct and inversion.method in new_methods.SOURCE_NULLS else inversion.per_step_nulls()
         uncond = nulls[:, None].expand(-1, b, -1, -1).to(self.device)
         start = skipped_steps(controls.skip_steps, inversion.steps)
         z_start = pivots[start][None].expand(b, -1, -1, -1)  # x_T unless the first steps are skipped
         region = Region.of(mask, keep_outside, inversion.image.shape[:2], tuple(z_start.shape[-2:]),
-                           self.pipeline.vae_scale_factor, self.device)
+                           self.pipeline.vae_scale_factor, self.device, switches["mask_stop"])
         hooks = new_methods.hooks([inversion], b, schedule, self.device, start, direct)
         result = self._p2p(prompts, z_start, cond, uncond, inversion.guidance_scale, schedule, controls,
                            on_pivot(pivots) if direct else None, progress, "editing", start=start, hooks=hooks,
                            region=region and LatentBlend.on_pivots(region.latent, pivots,
-                                                                   stop_step(mask_stop, inversion.steps)))
+                                                                   stop_step(region.mask_stop, inversion.steps)))
         result.direct = direct
         return region.apply(result, inversion.image) if region else result
 

@@ -220,14 +220,15 @@ class App:
     @shown
     def edit(self, cache: dict | None, image_path: str | None, prompt: str, method: str, steps: int,
              targets: str, controls: dict | None = None, mask_layers: dict | None = None,
-             keep_outside: str = "pixels", mask_stop: float = 1.0, progress=gr.Progress(track_tqdm=True)):
+             keep_outside: str = "pixels", mask_stop: float | None = None, progress=gr.Progress(track_tqdm=True)):
         """Invert (or reuse the session's inversion), edit towards each target line, draw the maps.
 
         `controls`: {control name or manifest column: value or text} as the page's inputs give them
-        (`control_inputs`); empty ones keep the paper's defaults. `mask_layers`: the brush's ImageEditor
-        value (painted = may change; nothing painted: no mask), passed with `keep_outside` and
-        `mask_stop` to `Editor.edit` (Blended Latent Diffusion, docs/region-edits.md). Returns (gallery,
-        attention maps, PNG files, inversion file, cache, status).
+        (`control_inputs`, which start at the model's recipe, `p2p.recipe`); the ones changed from where
+        they started override the recipe, which still chooses per kind of edit the rest. `mask_layers`: the
+        brush's ImageEditor value (painted = may change; nothing painted: no mask), passed with
+        `keep_outside` and `mask_stop` (None: the recipe's) to `Editor.edit` (Blended Latent Diffusion,
+        docs/region-edits.md). Returns (gallery, attention maps, PNG files, inversion file, cache, status).
         """
         image = self.image(image_path)
         prompt = (prompt or "").strip()
@@ -238,12 +239,15 @@ class App:
             raise InputError("write a target prompt: the source prompt with the words you want changed.")
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}; choose one of {', '.join(METHODS)}.")
-        chosen = Controls.from_strings(controls or {})
+        start = self.editor.recipe.defaults()
+        chosen = Controls.from_strings(controls or {}, base=start)
+        overrides = {n: getattr(chosen, n) for n, _, _ in Controls.fields() if getattr(chosen, n) != getattr(start, n)}
         mask = painted_mask(mask_layers)
         if mask is not None:  # judged before any UNet pass; cropped as the image is (`Editor.prepare`)
             load_mask(mask, image.size)
             check_keep_outside(keep_outside)
-            stop_step(float(mask_stop), 1)
+            if mask_stop is not None:
+                stop_step(float(mask_stop), 1)
             mask = crop_like(mask, image.size, self.editor.resolution, multiple=self.editor.pipeline.vae_scale_factor)
         key = self.key(image, prompt, method, int(steps))
         cache = dict(cache or {})
@@ -257,8 +261,9 @@ class App:
             how = f"Reused the session's inversion ({method}, {inversion.steps} steps): no inverting"
         cache = self.remember(cache, key, inversion)
         progress(0.5, desc="editing")
-        region = dict(mask=mask, keep_outside=keep_outside, mask_stop=float(mask_stop)) if mask is not None else {}
-        result = self.editor.edit(inversion, targets_list, controls=chosen, **region)
+        region = dict(mask=mask, keep_outside=keep_outside,
+                      mask_stop=None if mask_stop is None else float(mask_stop)) if mask is not None else {}
+        result = self.editor.edit(inversion, targets_list, **overrides, **region)
         maps = stacked([self.editor.word_maps(result, row=b).draw(cell=128) for b in range(len(result))])
         source = Image.fromarray(inversion.image)
 
@@ -278,15 +283,20 @@ class App:
             captions.append(f"mask (magenta: may change; outside: {kept})")
             extra.append(str(save_image(Image.fromarray((m * 255).round().astype(np.uint8)), out / "mask.png")))
             where = (f"; the painted mask ({m.mean():.0%} of the image) confined the edit (latent blend over "
-                     f"{float(mask_stop):.0%} of the steps; outside it {kept})")
+                     f"{result.region.mask_stop:.0%} of the steps; outside it {kept})")
         maps_path = str(save_image(maps, out / "attention.png"))
-        controls_path = str(chosen.save(out / "controls.json"))
+        in_effect = [result.controls_of(k) for k in range(1, len(result))]  # per edit: the recipe chooses by kind
+        controls_paths = [str(c.save(out / f"edit-{k}-controls.json")) for k, c in enumerate(in_effect, start=1)]
         inversion_path = str(inversion.save(out / f"inversion-{method}-{inversion.steps}.safetensors"))
-        changed = chosen.changed()
+        said = []
+        for k, c in enumerate(in_effect, start=1):
+            changed = c.changed()
+            text = ", ".join(f"{n} {v}" for n, v in changed.items()) if changed else "the paper's defaults"
+            said.append(text if len(in_effect) == 1 else f"edit {k}: {text}")
         status = (f"{how}; reconstruction PSNR {psnr(source, result[0]):.1f} dB against the input{where}; controls: "
-                  + (", ".join(f"{k} {v}" for k, v in changed.items()) if changed else "the paper's defaults") + ".")
-        return (list(zip(paths, captions)), maps_path, [*paths, *extra, grid_path, maps_path, controls_path], inversion_path,
-                cache, status)
+                  + "; ".join(said) + ".")
+        return (list(zip(paths, captions)), maps_path, [*paths, *extra, grid_path, maps_path, *controls_paths],
+                inversion_path, cache, status)
 
     # ------------------------------------------------------------------ helpers
 
@@ -356,13 +366,13 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
                     with gr.Row():
                         keep_outside = gr.Radio(list(KEEP_OUTSIDE), value="pixels", elem_id="keep-outside",
                                                 label="outside the mask: the input's pixels, or the latent blend only")
-                        # the built-in model's VAE codes objects with their surroundings: half the steps
-                        # blended lets the last ones mend the seam (docs/region-edits.md, chosen on seed 11)
-                        mask_stop = gr.Slider(0, 1, value=0.5 if editor.model_id == BUILTIN else 1.0, step=0.05,
-                                              label="mask_stop: fraction of the steps blended", elem_id="mask-stop")
+                        mask_stop = gr.Number(None, minimum=0, maximum=1, step=0.05, elem_id="mask-stop",
+                                              label="mask_stop: fraction of the steps blended (empty: the "
+                                                    "model's recipe for the kind of edit; 1: all)")
                     clear_mask = gr.Button("Clear mask", size="sm", elem_id="clear-mask")
-                with gr.Accordion("edit controls (Prompt-to-Prompt's defaults; empty: unset)", open=False):
-                    control_boxes = control_inputs(Controls())
+                with gr.Accordion("edit controls (they start at the model's recipe, which also adapts them to "
+                                  "the kind of edit; what you change is kept as you set it)", open=False):
+                    control_boxes = control_inputs(editor.recipe.defaults())
                 run = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -389,7 +399,7 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
             the brush's value is Gradio's to unpack (its layers come as files or as blobs)."""
             *values, progress = values
             n = 6 + len(control_boxes)
-            keep, stop, layers = values[n:n + 3] if len(values) > n else ("pixels", 1.0, None)  # region: optional
+            keep, stop, layers = values[n:n + 3] if len(values) > n else ("pixels", None, None)  # region: optional
             painted = mask_box.preprocess(mask_box.data_model.model_validate(layers)) if layers else None
             return app.edit(*values[:6], progress=progress, mask_layers=painted, keep_outside=keep, mask_stop=stop,
                             controls={name: box_value(name, v) for name, v in zip(control_boxes, values[6:n])})

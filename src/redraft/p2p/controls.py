@@ -215,6 +215,11 @@ class Controls:
         """Controls from front-end values keyed by field name or manifest column: text is parsed by the
         field's type (`parse`), other values are taken as they are; None or "" leave a field as in `base`
         (the text "none" sets an optional control to None)."""
+        return cls.make(base, **cls.given_strings(values))
+
+    @classmethod
+    def given_strings(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """{field: value} of the front-end values that set a field (`from_strings` without a base)."""
         by_key = {s.column: n for n, s, _ in cls.fields()} | {n: n for n, _, _ in cls.fields()}
         unknown = sorted(set(values) - set(by_key))
         if unknown:
@@ -231,7 +236,7 @@ class Controls:
             elif value is None:  # not given ("none" sets an optional control to None)
                 continue
             given[name] = value
-        return cls.make(base, **given)
+        return given
 
     def to_json(self) -> dict:
         """Plain JSON values (tuples as lists)."""

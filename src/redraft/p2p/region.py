@@ -113,30 +113,31 @@ def keep_pixels(edit: Image.Image, original: np.ndarray | Image.Image, weight: n
 
 @dataclass
 class Region:
-    """What a region edit used: the user's mask at the image's size, its latent-sized blend weight and
-    the pixel-keep weight (None with keep_outside="latents")."""
+    """What a region edit used: the user's mask at the image's size, its latent-sized blend weight, the
+    pixel-keep weight (None with keep_outside="latents") and the fraction of the steps blended."""
 
     mask: np.ndarray  # [H, W] in [0, 1], 1 = may change
     latent: torch.Tensor  # [1, 1, h, w]
     keep: np.ndarray | None  # [H, W]: the share of the edit in the final pixels
     keep_outside: str = "pixels"
+    mask_stop: float = 1.0  # the latent blend ran for this fraction of the steps
 
     @classmethod
     def make(cls, mask: np.ndarray, latent_hw: tuple[int, int], vae_scale_factor: int, keep_outside: str,
-             device=None) -> "Region":
+             device=None, mask_stop: float = 1.0) -> "Region":
         keep_outside = check_keep_outside(keep_outside)
         keep = band(mask, *default_band(vae_scale_factor)) if keep_outside == "pixels" else None
-        return cls(mask, latent_mask(mask, latent_hw, device), keep, keep_outside)
+        return cls(mask, latent_mask(mask, latent_hw, device), keep, keep_outside, mask_stop)
 
     @classmethod
     def of(cls, mask, keep_outside: str, image_hw: tuple[int, int], latent_hw: tuple[int, int],
-           vae_scale_factor: int, device=None) -> "Region | None":
+           vae_scale_factor: int, device=None, mask_stop: float = 1.0) -> "Region | None":
         """The user's mask (`io.mask.MaskLike`, None: no region) at the image's size, made into a Region."""
         check_keep_outside(keep_outside)
         if mask is None:
             return None
         pixels = load_mask(mask, (image_hw[1], image_hw[0]))
-        return cls.make(pixels, latent_hw, vae_scale_factor, keep_outside, device)
+        return cls.make(pixels, latent_hw, vae_scale_factor, keep_outside, device, mask_stop)
 
     def apply(self, result, original: np.ndarray | Image.Image):
         """An `EditResult` with its edits' pixels outside the band from `original`, and this region on it."""

@@ -146,10 +146,12 @@ def process(editor, item: Item, folder: Path, scorers: Scorers) -> dict:
             inv.save(inv_path)
         row.update(unet_forward=inv.cost.unet_forward, unet_backward=inv.cost.unet_backward,
                    inversion_seconds=inv.cost.seconds)
-        result = editor.edit(inv, item.targets, direct=item.direct, progress=False, controls=controls, mask=region)
+        chosen = dict(controls=controls) if item.whole else {n: getattr(controls, n) for n in item.controls}
+        result = editor.edit(inv, item.targets, direct=item.direct, progress=False, mask=region, **chosen)
+        row["method"] = item.method + (" + direct" if result.direct else "")
         reconstruction, edits = result[0], result[1:]
         meta = result.metadata(method=row["method"], steps=item.steps, model=editor.model_id)
-        row.update(controls=item.controls, edit_unet_forward=result.unet_forward, edit_seconds=round(result.seconds, 3))
+        row.update(controls=result.controls_of(1).to_json(), controls_set=item.controls, edit_unet_forward=result.unet_forward, edit_seconds=round(result.seconds, 3))
         save_image(reconstruction, folder / "reconstruction.png")
         for k, im in enumerate(edits, start=1):
             save_image(im, folder / f"edit-{k}.png", metadata=meta)

@@ -41,13 +41,16 @@ ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 @dataclass
 class Defaults:
     """Settings of the items that do not set their own (the command line's options). `controls`: the
-    controls given for the whole run (field: value), over the paper's (or PIE-Bench's) defaults."""
+    controls given for the whole run (field: JSON value), over the model's editing recipe (`p2p.recipe`;
+    PIE-Bench's protocol for its manifests); with `whole`, a whole set (a --controls file, or the paper's)
+    that replaces the recipe."""
 
     method: str = "negative-prompt"
     steps: int = 50
     guidance: float | None = None  # None: the model's (Editor.guidance_scale)
-    direct: bool = False
+    direct: bool | None = None  # None: the model's recipe's
     controls: dict = field(default_factory=dict)
+    whole: bool = False
     use_pie_masks: bool = False  # the items' annotated `mask` also confines their edit (`Item.use_mask`)
     settings: dict = field(default_factory=dict)  # {inversion method: its settings} (inversions.methods.settings)
 
@@ -60,11 +63,12 @@ class Item:
     image: str
     prompt: str | None
     targets: list[str]
-    controls: dict  # Controls.to_json()
+    controls: dict  # the controls set (field: JSON value), over the model's recipe unless `whole`
     method: str
     steps: int
     guidance: float | None  # None: the model's
-    direct: bool = False
+    direct: bool | None = None  # None: the model's recipe's
+    whole: bool = False  # `controls` is a whole set (PIE-Bench's protocol, a saved file) in place of the recipe
     mask: str | list[int] | None = None  # a mask image path, or run-length pairs over the image's grid
     editing_type: str | None = None
     edit_mask: str | None = None  # an image path: the region the edit may change (Editor.edit(mask=))
@@ -181,8 +185,9 @@ def _item(record: dict, default_id: str, root: Path, defaults: Defaults, csv_tex
         item.settings = dict(defaults.settings.get(item.method, {}))
         item.steps = _number(record, "steps", defaults.steps, int)
         item.guidance = _number(record, "guidance", defaults.guidance, float)
-        item.direct = _flag(record.get("direct", defaults.direct))
-        item.controls = _controls(record, root, defaults, pie_bench=False)
+        direct = record.get("direct", defaults.direct)
+        item.direct = None if direct is None else _flag(direct)
+        item.controls, item.whole = _controls(record, root, defaults, pie_bench=False)
         mask = record.get("mask")
         if isinstance(mask, str) and csv_text and mask.lstrip().startswith("["):
             mask = json.loads(mask)
@@ -217,16 +222,23 @@ def _flag(value) -> bool:
     raise InputError(f"direct must be true or false; got {value!r}.")
 
 
-def _controls(record: dict, root: Path, defaults: Defaults, pie_bench: bool) -> dict:
-    """The item's controls as JSON: the paper's (PIE-Bench's for its manifests) < the run's options <
-    the record's "controls" < the record's control columns."""
-    base = Controls.make(Controls.make(**(PIE_BENCH_CONTROLS if pie_bench else {})), **defaults.controls)
+def _controls(record: dict, root: Path, defaults: Defaults, pie_bench: bool) -> tuple[dict, bool]:
+    """(the item's controls as JSON, whether they are a whole set in place of the model's recipe), from
+    layers: PIE-Bench's protocol for its manifests (whole) < the run's options < the record's "controls"
+    (a saved file: whole; a JSON object: its fields) < the record's control columns. An item of a plain
+    manifest that sets nothing edits with the model's recipe, as `Editor.edit` with no controls does."""
+    whole = pie_bench or defaults.whole
+    fields = {**(Controls.make(**PIE_BENCH_CONTROLS).to_json() if pie_bench else {}), **defaults.controls}
     given = record.get("controls")
     if isinstance(given, str) and not given.lstrip().startswith("{"):
-        base = Controls.load(root / given, base)
+        fields, whole = Controls.load(root / given, Controls.from_json(fields)).to_json(), True
     elif given is not None:
-        base = Controls.from_json(json.loads(given) if isinstance(given, str) else given, base)
-    return Controls.from_strings({k: v for k, v in record.items() if k in CONTROL_COLUMNS}, base).to_json()
+        data = json.loads(given) if isinstance(given, str) else given
+        Controls.from_json(data)  # checked: unknown names and bad values are the item's error
+        fields = {**fields, **data}
+    columns = Controls.given_strings({k: v for k, v in record.items() if k in CONTROL_COLUMNS})
+    merged = Controls.make(Controls.from_json(fields), **columns).to_json()  # checked as one set
+    return {n: merged[n] for n in merged if n in fields or n in columns}, whole
 
 
 def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]:
@@ -257,7 +269,7 @@ def _pie_bench_items(path: Path, defaults: Defaults, images: Path) -> list[Item]
             item.targets = [entry["editing_prompt"].replace("[", "").replace("]", "")]
             words = str(entry.get("blended_word") or "").split()
             record = {"blend": words[:2], "reweight": {words[1]: 2}} if len(words) >= 2 else {}
-            item.controls = _controls(record, path.parent, defaults, pie_bench=True)
+            item.controls, item.whole = _controls(record, path.parent, defaults, pie_bench=True)
         except (InputError, ValueError) as e:
             item.error = str(e)
         items.append(item)

@@ -44,13 +44,6 @@ def control_options(*, generation: bool = False):
     return decorate
 
 
-def controls_given(options: dict) -> dict:
-    """Pop the controls' options out of a command's keyword arguments: {field: value} of those given
-    (all of a --controls file's, then each option given), checked now, before any work."""
-    base, values = controls_base(options)
-    return {**(base.to_json() if isinstance(base, Controls) else {}), **values}
-
-
 def controls_base(options: dict) -> tuple[Controls | str | None, dict]:
     """Pop the controls' options out of a command's keyword arguments: (what they start from: None for
     the model's recipe, "paper", or a file's `Controls`; {field: value} of each option given), checked

@@ -127,8 +127,9 @@ def mask_options(fn):
                           "image's aspect ratio (a mask of the original image's size is cropped as the image is)."),
         click.option("--keep-outside", type=click.Choice(["pixels", "latents"]), default="pixels", show_default=True,
                      help="with --mask: outside it the input's own pixels (pixels), or the latent blend alone (latents)."),
-        click.option("--mask-stop", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-                     help="with --mask: fraction of the steps after which the latent blend ends (1: every step)."),
+        click.option("--mask-stop", type=click.FloatRange(0, 1), default=None,
+                     help="with --mask: fraction of the steps after which the latent blend ends (1: every step; "
+                          "default: the model's editing recipe for the kind of edit, else 1)."),
     ]):
         fn = option(fn)
     return fn
@@ -151,7 +152,8 @@ def echo_controls(result, recipe) -> None:
     """Print the controls each edit was made with, as the ones that differ from the P2P paper's."""
     for k in range(1, len(result.prompts)):
         part = result.part_of(k)[0]
-        changed = {**part.controls.changed(), **({"direct": True} if part.direct else {})}
+        changed = {**part.controls.changed(), **({"direct": True} if part.direct else {}),
+                   **({"mask_stop": part.region.mask_stop} if part.region is not None else {})}
         click.echo(f"controls of edit {k} ({result.prompts[k]!r}): "
                    + (json.dumps(changed) if changed else "the paper's defaults (Controls())"))
     if recipe is not None:

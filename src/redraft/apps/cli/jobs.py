@@ -9,7 +9,9 @@ import click
 
 from ...errors import InputError
 from .common import GUIDANCE, METHOD, METHOD_SETTING, STEPS, editor_from, friendly, main, method_settings
-from .controls import control_options, controls_given
+from ...p2p.controls import Controls
+from ...p2p.recipe import PAPER
+from .controls import control_options, controls_base
 
 
 @main.command()
@@ -66,7 +68,8 @@ def describe(ctx, images, k, as_json):
               help="inversion method of the items that set none.")
 @click.option("--steps", **STEPS)
 @click.option("--guidance", **GUIDANCE)
-@click.option("--direct", is_flag=True, help="Direct Inversion for the items that set none (with --method ddim).")
+@click.option("--direct/--no-direct", default=None,
+              help="Direct Inversion for the items that set none (default: the model's editing recipe's).")
 @click.option("--clip", default=None, help="CLIP weights for CLIP scores (e.g. openai/clip-vit-large-patch14).")
 @click.option("--dino", default=None, help="DINO ViT weights for structure distance (e.g. facebook/dino-vitb8).")
 @click.option("--lpips", default=None, help="LPIPS weights: a .safetensors file (see redraft.metrics.Lpips).")
@@ -97,9 +100,11 @@ def batch(ctx, manifest, out_dir, images, method, steps, guidance, direct, clip,
     if editors and names is None:
         raise InputError("--editors goes with --inversions (the pairs to run); give both, or set the editor with --editing.")
     chosen = [("ddim" if x == "direct" else x) for x in names] if names else [method]
-    given = controls_given(options)
+    base, given = controls_base(options)
+    whole = base is not None  # a --controls file or "paper": a whole set, in place of the model's recipe
+    given = {**(Controls.make(None if base == PAPER else base).to_json() if whole else {}), **given}
     defaults = b.Defaults(method=method, steps=steps, guidance=guidance, direct=direct,
-                          controls=given, use_pie_masks=use_pie_masks,
+                          controls=given, whole=whole, use_pie_masks=use_pie_masks,
                           settings=method_settings(settings, chosen))
     items = b.read_manifest(manifest, defaults, images)[:limit]
     if names:
