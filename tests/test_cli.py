@@ -8,6 +8,7 @@ from PIL import Image
 from click.testing import CliRunner
 
 from redraft.apps.cli import main
+from redraft.p2p.controls import Controls
 
 
 @pytest.fixture
@@ -155,13 +156,12 @@ def test_bench_shapes_feature_options_reach_the_bench(run, tmp_path, monkeypatch
     assert seen["by_kind"] == {"background": {"feature_replace_steps": 0.0}, "add-background": {"feature_replace_steps": 0.0}}
     run("bench", "shapes", "--feature-steps", "0.7", "--out", str(tmp_path))
     assert seen["by_kind"] == {} and seen["seed"] == 3  # every kind the same features; the benchmark's scenes
-    from redraft.apps.demo import EDITING, editing
-
-    assert run("bench", "shapes", "--demo-controls", "--out", str(tmp_path)).exit_code == 0
-    for kind in ("color", "size", "background"):  # the demo's controls, kind by kind; --methods says which inversion
-        applied = {**{k: seen[k] for k in EDITING if k != "direct"}, **seen["by_kind"].get(kind, {})}
-        assert applied == {k: v for k, v in editing(kind).items() if k != "direct"}, kind
-    r = run("bench", "shapes", "--demo-controls", "--cross-steps", "0.5", "--out", str(tmp_path))
+    seen.clear()
+    assert run("bench", "shapes", "--recipe", "--out", str(tmp_path)).exit_code == 0
+    # no control reaches the edits: the model's recipe chooses them per kind (`Editor.edit` with none)
+    controls = {n for n, _, _ in Controls.fields()} - {"blend"}  # `blend` is also run()'s LocalBlend switch
+    assert seen["by_kind"] == {} and not controls & set(seen), seen
+    r = run("bench", "shapes", "--recipe", "--cross-steps", "0.5", "--out", str(tmp_path))
     assert r.exit_code == 2 and "--cross-steps" in r.output, r.output
 
 

@@ -78,8 +78,8 @@ def test_follows_its_prompts(builtin):
 
 
 def test_edits_keep_the_scene(builtin):
-    """Colour and shape swaps of 6 held-out scenes, edited as the demo edits (Direct Inversion from DDIM's
-    pivots, `redraft.demo.editing`), read back from the pixels.
+    """Colour and shape swaps of 6 held-out scenes, edited with the shipped recipe's default controls (Direct
+    Inversion from DDIM's pivots, `builtin.recipe.settings(None)`), read back from the pixels.
 
     The shipped model draws 10 of the 12 targets right and keeps the object within 3 px in 9 (without
     feature injection 11 and 9; with P2P's 80% of the steps of cross-attention injection, 7 kept). Editing
@@ -90,14 +90,13 @@ def test_edits_keep_the_scene(builtin):
     import random
 
     from redraft.bench.shapes import POSITION_TOLERANCE, outcome
-    from redraft.apps.demo import editing
 
     results = []
     for k, scene in enumerate(world.scenes(200, 6, split="test")):
         rng = random.Random(k)
         edits = [world.random_edit(scene, kind, rng) for kind in ("color", "shape")]
         pivots = builtin.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)
-        images = builtin.edit(pivots, [e.target_prompt for e in edits], progress=False, **editing("color"))
+        images = builtin.edit(pivots, [e.target_prompt for e in edits], progress=False, **builtin.recipe.settings(None))
         results += [outcome(image, e.target) for e, image in zip(edits, images[1:])]
     drawn = sum(same for same, _ in results)
     kept = sum(same and shift <= POSITION_TOLERANCE for same, shift in results)
@@ -105,8 +104,9 @@ def test_edits_keep_the_scene(builtin):
 
 
 def test_size_swaps_keep_their_place_after_the_renoised_step(builtin):
-    """Size swaps of 8 held-out scenes with the demo's controls for them (`redraft.demo.editing("size")`:
-    injections for 60% of the steps, then one step with 90% fresh noise, `edit.Renoise`).
+    """Size swaps of 8 held-out scenes with the shipped recipe's controls for insertions (its "refine" kind:
+    injections for 60% of the steps, then one step with 90% fresh noise, `p2p.renoise.Renoise`), passed by hand:
+    a swap of a size word is a "replace" to the recipe, which cannot tell it from a colour swap.
 
     The shipped model draws every target and keeps 7 of the 8 within 3 px, median shift 1.2 px; the same
     edits with every step deterministic keep 5, median 2.8 px (the predicted noise carries the source's
@@ -116,15 +116,16 @@ def test_size_swaps_keep_their_place_after_the_renoised_step(builtin):
     import random
 
     from redraft.bench.shapes import POSITION_TOLERANCE, outcome
-    from redraft.apps.demo import editing
+    from redraft.p2p.kinds import EditKind
 
+    size = builtin.recipe.settings(EditKind("refine", "local", 0.0, ()))
     shifts: dict[str, list] = {"renoise": [], "deterministic": []}
     drawn = 0
     for k, scene in enumerate(world.scenes(200, 8, split="test")):
         e = world.random_edit(scene, "size", random.Random(k))
         pivots = builtin.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)
         for name, over in (("renoise", {}), ("deterministic", {"renoise_step": None})):
-            image = builtin.edit(pivots, e.target_prompt, progress=False, **{**editing("size"), **over})[1]
+            image = builtin.edit(pivots, e.target_prompt, progress=False, **{**size, **over})[1]
             same, shift = outcome(image, e.target)
             drawn += same and name == "renoise"
             shifts[name].append(shift)

@@ -4,7 +4,7 @@
 
 For validation scenes of `--seed` (11; not the benchmark's 3 nor the demo's 7), one random colour, shape and
 background swap each; the scene is inverted by negative-prompt inversion (NPI) and edited with the built-in
-model's per-kind controls (`shapes.editing`, Direct Inversion on) twice:
+model's editing recipe (`p2p.recipe`, Direct Inversion on) twice:
 - "npi": as `Editor.edit` does today, every branch guided against the inversion's nulls, which for NPI are
   the source prompt's embedding, so the target is pushed away from the source's words by the full scale;
 - "npi-emptynull": the same edit guided against the empty prompt, as Direct Inversion's own code does after
@@ -24,7 +24,6 @@ import torch
 
 import redraft
 from redraft.shapes import world
-from redraft.shapes.editing import editing
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, default=11)
@@ -43,7 +42,7 @@ for k in range(args.first, args.last):
         variants = {"npi": inv, "npi-emptynull": dataclasses.replace(inv, null_embeddings=empty.to(inv.null_embeddings))}
         for name, inversion in variants.items():
             with torch.no_grad():
-                r = editor.edit(inversion, [e.target_prompt], progress=False, **editing(e.kind))
+                r = editor.edit(inversion, [e.target_prompt], progress=False)
             same, shift = world.outcome(r.images[1], e.target)
             right.setdefault((name, e.kind), []).append(bool(same and shift <= world.POSITION_TOLERANCE))
             print(k, e.kind, name, right[name, e.kind][-1], f"{shift:.1f}px", flush=True)

@@ -22,7 +22,6 @@ import torch
 
 import redraft
 from redraft.core import ddim, sampling
-from redraft.apps.demo import editing
 from redraft.shapes import world
 
 parser = argparse.ArgumentParser()
@@ -53,7 +52,7 @@ for k in chosen:
     edits = {kind: world.random_edit(scene, kind, rng) for kind in world.EDIT_KINDS}
     pivots = editor.invert(world.render(scene), scene.prompt(), method="ddim", progress=False)
     predictions.clear()
-    editor.edit(pivots, edits[args.kind].target_prompt, progress=False, **{**editing(args.kind), **json.loads(args.controls)})
+    editor.edit(pivots, edits[args.kind].target_prompt, progress=False, **json.loads(args.controls))  # over the model's recipe
     truth, line = edits[args.kind].target, []
     for i in [*range(0, len(predictions) - 1, args.every), len(predictions) - 1]:
         r = world.read(np.asarray(editor.decode(predictions[i][1:2])[0]))

@@ -3,10 +3,10 @@
     .venv/bin/python docs/experiments/region_edit_figure.py [--seed 7] [--out docs/gallery/region-edit.png]
 
 On the built-in model: the first held-out scene of `--seed` is DDIM-inverted (50 steps) and its object
-recoloured (a colour drawn with `random.Random(seed)`) with the demo's colour controls (`shapes.editing`)
+recoloured (a colour drawn with `random.Random(seed)`) with no controls passed (the model's recipe, `p2p.recipe`)
 three times: without a mask, with the mask (the object's box grown by `--grow` px) and
 keep_outside="latents", and with keep_outside="pixels" (the default), both with the latent blend over
-half of the steps (`bench.masks.MASK_STOP`). One row, each panel 4x (nearest): input | mask | the three
+the steps the model's recipe blends (`mask_stop`). One row, each panel 4x (nearest): input | mask | the three
 edits | |pixels edit - input| x `--amplify`. The captions give the PSNR outside the mask against the
 input; the script prints each edit's time and UNet passes.
 """
@@ -23,11 +23,10 @@ import torch
 from PIL import Image
 
 import redraft
-from redraft.bench.masks import MASK_STOP, object_box
+from redraft.bench.masks import object_box
 from redraft.eval.metrics import psnr
 from redraft.io.draw import grid
 from redraft.shapes import world
-from redraft.shapes.editing import editing
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--seed", type=int, default=7, help="held-out scenes of this seed (7: the demo's)")
@@ -50,12 +49,12 @@ for dy in range(2 * r + 1):
         mask |= padded[dy:dy + box.shape[0], dx:dx + box.shape[1]]
 
 inv = editor.invert(image, edit.source_prompt, method="ddim", steps=args.steps, progress=False)
-controls = editing("color")
+controls: dict = {}  # the model's recipe
 runs = {"no mask": {}, 'mask, keep_outside="latents"': dict(mask=mask, keep_outside="latents"),
         'mask, keep_outside="pixels"': dict(mask=mask, keep_outside="pixels")}
 edits, captions = [], []
 for label, region in runs.items():
-    extra = dict(mask_stop=MASK_STOP["color"], **region) if region else {}
+    extra = dict(region) if region else {}  # mask_stop: the recipe's
     start = time.perf_counter()
     with torch.no_grad():
         result = editor.edit(inv, edit.target_prompt, progress=False, **controls, **extra)

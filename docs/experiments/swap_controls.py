@@ -5,7 +5,7 @@
 
 Runs the edits of `redraft bench shapes` (the same scenes and the same random edits for seed 3, the
 benchmark's) but only the kinds asked for, which makes a sweep of one control 2 to 3 times faster than
-the whole benchmark. Controls are the demo's for each kind (`redraft.demo.editing`, Direct Inversion from DDIM's
+the whole benchmark. Controls are the model's recipe for each kind (`p2p.recipe`, Direct Inversion from DDIM's
 pivots) updated by `--controls`; `--word-cross F` gives the swapped word its own cross-attention window F and every
 other token the `cross_replace_steps` of the controls (P2P's per-word `cross_replace_steps`); `--blend` blends each
 edit locally on its kind's words as `redraft bench shapes --blend` does (one edit at a time). Use another
@@ -27,7 +27,6 @@ import numpy as np
 
 import redraft
 from redraft.bench.shapes import blend_words, record
-from redraft.apps.demo import editing
 from redraft.io.draw import grid
 from redraft.shapes import world
 
@@ -66,7 +65,7 @@ if not set(kinds) <= set(world.SWAPS):
 if args.blend and args.word_cross is not None:
     parser.error("--blend and --word-cross each make their own edits; give one of them")
 overrides = json.loads(args.controls)
-controls = {kind: {**editing(kind), **overrides} for kind in kinds}
+controls = {kind: dict(overrides) for kind in kinds}  # over the model's recipe
 editor = redraft.load(args.model)
 rows: dict[str, list] = {}  # `record`'s: per kind, right / attributes / shift
 failures: list[str] = []

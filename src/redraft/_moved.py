@@ -32,7 +32,7 @@ MOVED = {
     "redraft.cli": "redraft.apps.cli",
     "redraft.batch": "redraft.apps.batch",
     "redraft.app": "redraft.apps.web",
-    "redraft.demo": ("redraft.apps.demo", "redraft.shapes.editing"),
+    "redraft.demo": "redraft.apps.demo",
 }
 
 

@@ -285,8 +285,8 @@ class Editor:
         ids = conditioning.time_ids(size, size)
         cond = self.embed(prompts, ids)
         x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
-        switches = {"direct": False, "mask_stop": mask_stop}
-        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides, switches,
+        rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
+                          switches := {"direct": False, "mask_stop": mask_stop},
                           lambda: probe_maps(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.generate([prompts[0], *(prompts[k + 1] for k in ks)], seed=seed, steps=steps,
@@ -346,8 +346,7 @@ class Editor:
             return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], progress=progress, controls=c,
                                                 mask=mask, keep_outside=keep_outside, **sw)
                                       for c, sw, ks in parts], [ks for *_, ks in parts])
-        controls, switches = rows[0]
-        direct = switches["direct"]
+        (controls, switches), direct = rows[0], rows[0][1]["direct"]
         nulls = self.embed([""], like=source).cpu().expand(inversion.steps, -1, -1) \
             if direct and inversion.method in new_methods.SOURCE_NULLS else inversion.per_step_nulls()
         uncond = nulls[:, None].expand(-1, b, -1, -1).to(self.device)
@@ -408,8 +407,7 @@ class Editor:
         started = time.perf_counter()
         self.unet.reset()
         tokenizer, steps = self.pipeline.tokenizer, schedule.steps
-        editing = len(prompts) > 1
-        latent_hw = tuple(z_start.shape[-2:])
+        editing, latent_hw = len(prompts) > 1, tuple(z_start.shape[-2:])
         control = AttentionControl(latent_hw, plan=editors.own_plan(
             plan(tokenizer, prompts, controls, steps, latent_hw, inverted=desc != "generation"), controls) if editing else None)
         processors = editors.processors(self.unet.unet, control, controls, tokenizer, prompts, steps) if editing else {}
@@ -446,8 +444,7 @@ class Editor:
 
     def initial_noise(self, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
         """x_T ~ N(0, I) for one image, reproducible across devices (drawn on the CPU)."""
-        h, w = size or (self.resolution, self.resolution)
-        f = self.pipeline.vae_scale_factor
+        (h, w), f = size or (self.resolution, self.resolution), self.pipeline.vae_scale_factor
         shape = (1, self.pipeline.unet.config.in_channels, h // f, w // f)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
 

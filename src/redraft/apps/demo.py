@@ -1,9 +1,9 @@
 """`redraft demo`: the whole job on the built-in shapes model, where the truth of every edit is known.
 
 A held-out scene (never seen in training) is described, inverted (null-text) and reconstructed, then
-edited five ways from Direct Inversion with the controls that edit the shapes model best
-(`shapes.editing.editing`);
-every result is read back from its pixels and checked against the truth of the edit.
+edited five ways through the API with no controls passed, as a new user would: the model's editing recipe
+(`p2p.recipe`, its folder's redraft.json) chooses them for each kind of edit; every result is read back
+from its pixels and checked against the truth of the edit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from ..io.files import save_image, write_json
 from ..eval.metrics import psnr
 from ..shapes import world
 from ..shapes.world import POSITION_TOLERANCE, shift_of
-from ..shapes.editing import EDITING, EDITING_BY_KIND, editing
 
 OUTPUTS = ("grid.png", "attention.png", "summary.json")  # what the demo writes in its folder
 
@@ -75,27 +74,24 @@ def run(editor, out_dir: Path, seed: int = 7, method: str = "null-text") -> dict
         "psnr_reconstruction": round(psnr(editor.prepare(image), reconstruction), 2),
         "psnr_vae_ceiling": round(psnr(editor.prepare(image), vae), 2),
         "reconstruction": check(reconstruction, scene, source_prompt),
-        "editing": EDITING | {"by_kind": EDITING_BY_KIND},
+        "recipe": editor.recipe.to_json(),  # how the edits below were chosen (no controls were passed)
         "edits": [],
     }
     print(f"inverted ({method}) in {inversion.cost.seconds:.1f} s; reconstruction PSNR "
           f"{summary['psnr_reconstruction']} dB (VAE ceiling {summary['psnr_vae_ceiling']} dB)")
 
-    pivots = editor.invert(image, source_prompt, method="ddim")  # Direct Inversion edits from DDIM's pivots
     edits = edits_of(scene)
-    batches: dict[tuple, list] = {}  # edits with the same controls are made in one batch
-    for kind, _, target, _ in edits:
-        batches.setdefault(tuple(editing(kind).items()), []).append(target)
-    edited = {}
-    for controls, targets in batches.items():
-        edited |= dict(zip(targets, editor.edit(pivots, targets, **dict(controls))[1:]))
-    results = [((label, target, truth), edited[target]) for _, label, target, truth in edits]
+    edited = editor.edit(inversion, [target for _, _, target, _ in edits])  # no controls: the recipe's, per kind
+    results = [((label, target, truth), edited[k]) for k, (_, label, target, truth) in enumerate(edits, start=1)]
     # Re-weighting: the colour word weakened; the truth is the source scene (the colour must survive).
-    weak = editor.edit(pivots, source_prompt, reweight={scene.color: 0.5}, **editing("reweight"))
+    weak = editor.edit(inversion, source_prompt, reweight={scene.color: 0.5})
     results.append((("re-weighting", f"{source_prompt} ({scene.color} x0.5)", scene), weak[1]))
+    in_effect = [edited.controls_of(k) for k in range(1, len(edits) + 1)] + [weak.controls]
+    direct = [edited.part_of(k)[0].direct for k in range(1, len(edits) + 1)] + [weak.direct]
     maps = editor.word_maps(weak, image=image)  # the source's maps (row 0) over the input
-    for (label, target, truth), im in results:
-        summary["edits"].append({"edit": label} | check(im, truth, target))
+    for ((label, target, truth), im), controls, d in zip(results, in_effect, direct):
+        summary["edits"].append({"edit": label} | check(im, truth, target)
+                                | {"controls": controls.changed(), "direct": d})
         print(f"  {label:<16} {target:<45} {'right' if summary['edits'][-1]['all_correct'] else 'WRONG'}")
 
     cells = [image, reconstruction] + [im for _, im in results]

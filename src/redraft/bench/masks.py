@@ -1,8 +1,8 @@
 """`redraft bench shapes --masks`: region edits (`p2p.region`) on held-out scenes of the built-in model.
 
 Per scene, a colour swap and a shape swap with the mask = the object's box, and a background swap
-with the mask = everything but the object (its pixels, rim included); each with the demo's controls
-for its kind (`shapes.editing`), masked and unmasked. Reported per kind and mode: edits right with
+with the mask = everything but the object (its pixels, rim included); each with no controls passed (the
+model's editing recipe, `p2p.recipe`, chooses them and where the latent blend ends), masked and unmasked. Reported per kind and mode: edits right with
 the position kept (`world.kept`), the median shift, the PSNR outside the mask against the input, the
 VAE round trip's PSNR over the same pixels, and the share of edits whose pixels outside the keep band
 are the input's exactly. The pixel keep is applied to the latent-blended edit with each band of
@@ -19,14 +19,9 @@ from tqdm.auto import tqdm
 from ..eval.metrics import psnr
 from ..p2p.region import band, default_band, keep_pixels
 from ..shapes import world
-from ..shapes.editing import editing
 
 KINDS = ("color", "shape", "background")
 BANDS = ((0, 0), (0, 1), (1, 1), (0, 2), (2, 2))  # (grow, feather) px, compared on the same edits
-# The latent blend ends at half of the steps (`Editor.edit(mask_stop=)`): this model's VAE codes the object
-# relative to its background (its latents are not local), and the last steps must mend the seam; chosen on
-# --seed 11 (colour / shape swaps right 83 / 67% with 1.0, 100 / 100% with 0.5; background 83% with 0.5 and 0.8).
-MASK_STOP = {kind: 0.5 for kind in KINDS}
 
 
 def object_box(scene: world.Scene) -> np.ndarray:
@@ -54,6 +49,7 @@ def run(editor, n: int = 24, steps: int = 50, seed: int = 3, progress: bool = Tr
     benchmark's; 11: the validation scenes the band was chosen on)."""
     scenes = world.scenes(seed + 1, n, split="test")
     rows: dict[str, dict[str, list]] = {}
+    stops: dict[str, list] = {}  # the recipe's mask_stop of each edit, per kind
     default = default_band(editor.pipeline.vae_scale_factor)
 
     def add(label, kind, image, e, mask, original, vae, keep=None):
@@ -77,10 +73,10 @@ def run(editor, n: int = 24, steps: int = 50, seed: int = 3, progress: bool = Tr
         for group in groups:
             mask = mask_for(group[0], scene)
             targets = [edits[kind].target_prompt for kind in group]
-            controls = editing(group[0])
-            plain = editor.edit(inv, targets, progress=False, **controls)
-            blended = editor.edit(inv, targets, progress=False, mask=mask, keep_outside="latents",
-                                  mask_stop=MASK_STOP.get(group[0], 1.0), **controls)
+            plain = editor.edit(inv, targets, progress=False)  # no controls: the model's recipe
+            blended = editor.edit(inv, targets, progress=False, mask=mask, keep_outside="latents")
+            for row in range(1, len(group) + 1):
+                stops.setdefault(group[row - 1], []).append(blended.part_of(row)[0].region.mask_stop)
             for row, kind in enumerate(group, start=1):
                 e = edits[kind]
                 add("no mask", kind, plain[row], e, mask, original, vae)
@@ -95,12 +91,14 @@ def run(editor, n: int = 24, steps: int = 50, seed: int = 3, progress: bool = Tr
                           "psnr_outside": float(np.mean(r["psnr"])), "vae_psnr_outside": float(np.mean(r["vae"])),
                           "exact_outside_band": float(np.mean(r["exact"])) if r["exact"] else None, "n": len(r["right"])}
     return {"model": editor.model_id, "seed": seed, "scenes": n, "steps": steps, "default_band": list(default),
-            "mask_stop": MASK_STOP, "rows": summary}
+            "mask_stop": {kind: float(np.mean(v)) for kind, v in stops.items()}, "rows": summary}
 
 
 def table(result: dict) -> str:
     lines = [f"region edits on {result['scenes']} held-out scenes (seed {result['seed']}, {result['steps']} steps, "
-             "Direct Inversion, the demo's controls); PSNR outside the mask against the input (exact: 99 dB)",
+             "no controls passed: the model's recipe, mean mask_stop "
+             + ", ".join(f"{k} {v:.2f}" for k, v in result["mask_stop"].items())
+             + "); PSNR outside the mask against the input (exact: 99 dB)",
              f"{'kind | mode':<44} {'right':>7} {'shift':>7} {'PSNR out':>9} {'VAE out':>8} {'exact':>6}"]
     for label, r in result["rows"].items():
         exact = "" if r["exact_outside_band"] is None else f"{r['exact_outside_band']:.0%}"

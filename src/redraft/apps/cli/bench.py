@@ -80,10 +80,11 @@ def bench_inversion(ctx, images, count, steps, methods, settings, list_methods, 
 @click.option("--background-feature-steps", type=click.FloatRange(min=0, max=1), default=None,
               help="feature_replace_steps of the background edits (swaps and added backgrounds; default: "
                    "--feature-steps). The demo's: 0, since a new background changes what the features keep.")
-@click.option("--demo-controls", is_flag=True,
-              help="edit with the demo's controls for each kind (redraft.demo.editing) instead of the options above.")
+@click.option("--recipe", "--demo-controls", "recipe", is_flag=True,
+              help="edit with no controls passed: the model's editing recipe chooses them for each kind of edit "
+                   "(p2p.recipe), instead of the options above.")
 @click.option("--masks", is_flag=True, help="region edits instead (redraft.bench.masks): masked and unmasked colour, "
-              "shape and background swaps with the demo's controls, PSNR outside the mask (--edits scenes).")
+              "shape and background swaps with the model's recipe, PSNR outside the mask (--edits scenes).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None,
               help="classifier-free guidance scale of generation and inversion (default: the model's).")
 @click.option("--seed", default=3, show_default=True,
@@ -92,7 +93,7 @@ def bench_inversion(ctx, images, count, steps, methods, settings, list_methods, 
 @click.pass_context
 @friendly
 def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cross_steps, blend, self_resolution,
-                 layout_guidance, layout_steps, feature_steps, background_feature_steps, demo_controls, masks, guidance, seed,
+                 layout_guidance, layout_steps, feature_steps, background_feature_steps, recipe, masks, guidance, seed,
                  out_dir):
     """The built-in model against the shapes world (held-out scenes): generation, VAE, inversion, editing, describe."""
     from ...bench import shapes as b
@@ -110,16 +111,14 @@ def bench_shapes(ctx, n_generation, n_edit, n_describe, methods, self_steps, cro
                     layout_guidance=layout_guidance, layout_guidance_steps=layout_steps, feature_replace_steps=feature_steps)
     by_kind = {} if background_feature_steps is None else {
         kind: {"feature_replace_steps": background_feature_steps} for kind in BACKGROUND_KINDS}
-    if demo_controls:
-        from ...shapes.editing import EDITING, EDITING_BY_KIND
-
+    if recipe:
         given = [f"--{name.replace('_', '-')}" for name in ("self_steps", "cross_steps", "self_resolution", "layout_guidance",
                                                             "layout_steps", "feature_steps", "background_feature_steps")
                  if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
         if given:
-            raise click.UsageError(f"--demo-controls sets every control; leave out {', '.join(given)}, or --demo-controls.")
-        controls = {k: v for k, v in EDITING.items() if k != "direct"}  # --methods says which inversion
-        by_kind = EDITING_BY_KIND
+            raise click.UsageError(f"--recipe leaves every control to the model's recipe; leave out {', '.join(given)}, "
+                                   "or --recipe.")
+        controls, by_kind = {}, {}  # `Editor.edit` with no controls: the recipe's, per kind (--methods: the inversion)
     editor = editor_from(ctx)
     result = b.run(editor, n_generation, n_edit, methods.split(","), blend=blend, guidance_scale=guidance, seed=seed,
                    by_kind=by_kind, n_describe=n_describe, **controls)
