@@ -30,7 +30,7 @@ from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, default_device, editing_reci
 from .p2p.attention import AttentionControl, controlled
 from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
-from .p2p.kinds import probe_maps
+from .p2p.kinds import PROBE_AT, probe
 from .p2p import editors, recipe as R
 from .p2p.features import injected
 from .p2p.layout import layout_guidance
@@ -287,7 +287,7 @@ class Editor:
         x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
         rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
                           switches := {"direct": False, "mask_stop": mask_stop},
-                          lambda: probe_maps(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
+                          lambda: probe(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.generate([prompts[0], *(prompts[k + 1] for k in ks)], seed=seed, steps=steps,
                                       guidance_scale=guidance_scale, negative_prompt=negative_prompt, progress=progress,
@@ -334,13 +334,13 @@ class Editor:
             check_prompt(self.pipeline.tokenizer, t, what="target prompt", allow_empty=False)
         prompts = [inversion.prompt, *targets]
         schedule = self.schedule(inversion.steps)
-        b, mid = len(prompts), inversion.steps // 2  # the extent is read on the pivot half-way (`p2p.kinds`)
+        b, at = len(prompts), min(int(PROBE_AT * inversion.steps), inversion.steps - 1)  # where kinds are read
         source = inversion.prompt_embedding[None].to(self.device)
         cond = torch.cat([source, self.embed(targets, like=source)])
         pivots = inversion.pivots.to(self.device)
         rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
                           {"direct": direct, "mask_stop": mask_stop},
-                          lambda: probe_maps(self.unet, pivots[mid][None], schedule.timesteps[mid], cond, mid),
+                          lambda: probe(self.unet, pivots[at][None], schedule.timesteps[at], cond, at),
                           drop=new_methods.NOT_FROM_RECIPE.get(inversion.method, ()))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], progress=progress, controls=c,

@@ -3,15 +3,25 @@
 An edit has a *structure* and an *extent*:
 - structure, from the prompts' words (P2P sec. 3.2): "replace" (a word swap: as many words, some
   differ), "refine" (words inserted or deleted), "reweight" (the same words; only attention factors);
-- extent, from the attention maps of the changed words over the source image: "global" when the map
-  spreads over most of the image (a background, a style), "local" when it is compact (an object's
-  colour, shape or size). The spread is the map's participation ratio (sum m)^2 / (n sum m^2): 1 for a
-  uniform map, the covered share for a map that is flat over a region, 1/n for a single cell.
+- extent, from where the changed words act on the source image: "global" when it is most of the image
+  (a background, a style), "local" when it is compact (an object's colour, shape or size). For a swap or
+  an insertion, where they act is where the noise predicted under the target prompt differs from the
+  one under the source prompt, |eps(z, c_target) - eps(z, c_source)| per latent cell (DiffEdit,
+  Couairon et al., ICLR 2023, sec. 3.1, whose edit mask is this difference); for a re-weighting (the
+  same prompt) it is the re-weighted words' cross-attention map. The spread of a map is its
+  participation ratio (sum m)^2 / (n sum m^2): 1 for a uniform map, the covered share for a map that is
+  flat over a region, 1/n for a single cell.
 
-The maps come from one conditional UNet pass of every prompt on the source latent where the edit
-starts (`probe_maps`): swapped and deleted words are read in the source's row, inserted words in
-their target's row (on the source latent, so they show where that word would act). A model's editing
-recipe (`p2p.recipe`) is keyed by these kinds, so the same rule serves the built-in model and SD.
+Both come from one conditional UNet pass of every prompt on the source latent (`probe`): for an edit
+of an inverted image its pivot at `PROBE_AT` of the way to the image (where the prediction already
+shows the image's layout), for generation x_T. A model's editing recipe (`p2p.recipe`) is keyed by these
+kinds, so the same rule serves the built-in model and SD.
+
+Why not the attention maps for swaps too: on the built-in model the changed words' maps spread over
+nearly the whole image for every kind of edit (participation ratio 0.8 to 0.99 at every probe step,
+colour swaps and background swaps alike), while the prediction difference separates them
+(`python docs/experiments/edit_extent.py --seed 11`, validation: below 0.80 for every colour, shape and
+size edit, above 0.81 for every background edit, probed at 0.8 of the steps).
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from .attention import AttentionControl, controlled
 
 STRUCTURES = ("replace", "refine", "reweight")
 EXTENTS = ("local", "global")
-GLOBAL_SPREAD = 0.5  # default: a changed word's map spreading over at least half the image is a global change
+GLOBAL_SPREAD = 0.8  # a change acting over at least 80% of the image (participation ratio) is global (seed 11)
+PROBE_AT = 0.8  # an edit of an inverted image is probed on its pivot at this fraction of the steps
 
 
 @dataclass(frozen=True)
@@ -81,15 +92,22 @@ def spread(m: torch.Tensor) -> float:
     return float(m.sum() ** 2 / (m.numel() * energy)) if energy > 0 else 1.0
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One conditional UNet pass of every prompt on the source latent: what `edit_kinds` reads."""
+
+    maps: torch.Tensor  # [B, h, w, L] cross-attention, averaged over layers and heads, at the finest resolution
+    eps: torch.Tensor   # [B, C, h, w] the UNet's predictions (noise, or v for v-prediction models)
+
+
 @torch.no_grad()
-def probe_maps(model, z: torch.Tensor, t, cond: torch.Tensor, step: int) -> torch.Tensor:
-    """[B, h, w, L]: one conditional UNet pass of every prompt (cond [B, L, D]) on the source latent z
-    [1, C, h, w] at timestep t, its cross-attention averaged over layers and heads (all resolutions,
-    resized to the finest). Costs B UNet passes."""
+def probe(model, z: torch.Tensor, t, cond: torch.Tensor, step: int) -> Probe:
+    """One conditional UNet pass of every prompt (cond [B, L, D]) on the source latent z [1, C, h, w]
+    at timestep t: its cross-attention maps and its predictions. Costs B UNet passes."""
     control = AttentionControl(tuple(z.shape[-2:]))
     with controlled(model, control):
-        model(z.expand(len(cond), -1, -1, -1), t, cond, step=step, cond_rows=slice(0, len(cond)))
-    return control.cross_maps()
+        eps = model(z.expand(len(cond), -1, -1, -1), t, cond, step=step, cond_rows=slice(0, len(cond)))
+    return Probe(control.cross_maps(), eps.float())
 
 
 def _shares(maps: torch.Tensor, words: list[list[int]]) -> torch.Tensor:
@@ -104,22 +122,23 @@ def _spread_of(m: torch.Tensor) -> float:
     return spread(m)  # looked up at call time (experiments swap the measure)
 
 
-def edit_kinds(tokenizer, prompts: list[str], maps: torch.Tensor, reweighted: tuple[str, ...] = (),
+def edit_kinds(tokenizer, prompts: list[str], seen: Probe, reweighted: tuple[str, ...] = (),
                global_spread: float = GLOBAL_SPREAD) -> list[EditKind]:
-    """The kind of each edit prompts[0] -> prompts[k], k >= 1, from the probe's maps [B, h, w, L]."""
+    """The kind of each edit prompts[0] -> prompts[k], k >= 1, from the probe (module docstring): the
+    spread of |eps_k - eps_0| per cell for swaps and insertions, of the words' attention for re-weightings."""
     source = prompts[0]
     src_tokens = W.word_tokens(tokenizer, source)
     kinds = []
     for row, target in enumerate(prompts[1:], start=1):
         structure, in_source, in_target = changed_words(source, target, reweighted)
-        tgt_tokens = W.word_tokens(tokenizer, target)
-        shares = [_shares(maps[0], src_tokens), _shares(maps[row], tgt_tokens)]
-        pieces = [shares[0][..., src_tokens[i]] for i in in_source] + [shares[1][..., tgt_tokens[i]] for i in in_target]
         words = tuple(source.split()[i] for i in in_source) + tuple(target.split()[i] for i in in_target)
-        if pieces:
-            m = torch.cat(pieces, dim=-1).mean(-1)
-            s = _spread_of(m)
-        else:  # nothing changed that a map could show (e.g. a re-weighting of no word)
+        if structure != "reweight":  # where the target's prediction differs from the source's (DiffEdit)
+            s = _spread_of((seen.eps[row] - seen.eps[0]).pow(2).sum(0).sqrt())
+        elif in_target:  # the re-weighted words' share of the attention
+            tgt_tokens = W.word_tokens(tokenizer, target)
+            shares = _shares(seen.maps[row], tgt_tokens)
+            s = _spread_of(torch.cat([shares[..., tgt_tokens[i]] for i in in_target], dim=-1).mean(-1))
+        else:  # nothing changed that a map could show (a re-weighting of no word)
             s = 0.0
         kinds.append(EditKind(structure, "global" if s >= global_spread else "local", round(s, 4), words))
     return kinds

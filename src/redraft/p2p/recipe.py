@@ -123,7 +123,7 @@ def per_edit(recipe: Recipe, tokenizer, prompts: list[str], controls: Controls |
     """(Controls, switches) of each edit prompts[0] -> prompts[k], k >= 1 (`in_effect` of its kind).
 
     The kinds are read only when the recipe decides by kind and the caller passed no `Controls`;
-    `probe()` gives the source's attention maps [B, h, w, L] (`kinds.probe_maps`) and is called only
+    `probe()` gives the source's `kinds.Probe` (its attention maps and predictions) and is called only
     when some key needs the extent (it costs one UNet pass per prompt)."""
     if controls is not None or not recipe.by_kind:
         return [in_effect(recipe, None, controls, overrides, switches, drop)] * (len(prompts) - 1)
