@@ -154,7 +154,8 @@ def optimise_step(model: CountedUNet, schedule: Schedule, i: int, z: torch.Tenso
 
 def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, cond: torch.Tensor,
                            null_init: torch.Tensor, guidance_scale: float = 7.5, *, rule: Rule = PAPER,
-                           shared: bool = False, from_source: bool = False, progress: bool = True) -> torch.Tensor:
+                           shared: bool = False, from_source: bool = False, progress: bool = True,
+                           latents: list | None = None) -> torch.Tensor:
     """Null-text inversion (Mokady et al. 2023, Algorithm 1), batched over images: [N, B, L, D].
 
     Without `from_source` (rule `PAPER`): for each step i, starting from the previous step's embedding
@@ -168,10 +169,12 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
 
     UNet samples per image (forward + backward, as `CountedUNet` counts them; the pivot's N forwards
     not included): `PAPER` 2 N + 2 U, `WARM` N + 2 U, for U updates in all (`WARM`: U <= inner_steps N).
-    Embedding and optimiser stay in fp32 whatever the UNet's dtype. `shared`: `global_null`.
+    Embedding and optimiser stay in fp32 whatever the UNet's dtype. `shared`: `global_null`. `latents`,
+    if given, receives the clean latents [B, ...] of the trajectory that was optimised (what a replay
+    of the returned embeddings must reproduce).
     """
     if shared:
-        return global_null(model, schedule, pivots, cond, null_init, guidance_scale, rule, progress)
+        return global_null(model, schedule, pivots, cond, null_init, guidance_scale, rule, progress, latents)
     batch, steps = pivots.shape[1], schedule.steps
     null, z = null_init.float().clone(), pivots[0].clone()
     left = torch.full((batch,), rule.inner_steps * steps, device=z.device)
@@ -188,11 +191,14 @@ def null_text_optimisation(model: CountedUNet, schedule: Schedule, pivots: torch
         null, z = out.null, out.z_next
         per_step.append(null.clone())
         bar.set_postfix(loss=f"{float(out.loss.max()):.2e}")
+    if latents is not None:
+        latents.append(z)
     return torch.stack(per_step)
 
 
 def global_null(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, cond: torch.Tensor,
-                null_init: torch.Tensor, guidance_scale: float, rule: Rule, progress: bool = True) -> torch.Tensor:
+                null_init: torch.Tensor, guidance_scale: float, rule: Rule, progress: bool = True,
+                latents: list | None = None) -> torch.Tensor:
     """One null embedding for every step (the paper's "global null-text" ablation, sec. 4), [1, B, L, D].
 
     Optimised on the trajectory it generates itself, so that the replay (the same embedding at every
@@ -205,7 +211,7 @@ def global_null(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, co
     batch, rows = len(null), torch.arange(len(null), device=null.device)
     adam = Adam.like(null)
     best = torch.full((batch,), float("inf"), device=null.device)
-    best_null = null.clone()
+    best_null, best_z = null.clone(), pivots[-1].clone()
     bar = tqdm(range(rule.inner_steps + 1), desc="global null-text", disable=not progress, leave=False)
     for k in bar:
         train = k < rule.inner_steps
@@ -225,9 +231,11 @@ def global_null(model: CountedUNet, schedule: Schedule, pivots: torch.Tensor, co
             z = z_next.detach()
         final = loss.detach()  # the clean latent's error: what the replay reconstructs
         better = final < best
-        best[better], best_null[better] = final[better], null[better]
+        best[better], best_null[better], best_z[better] = final[better], null[better], z[better]
         if train:
             with torch.no_grad():
                 adam.update(null, grad, rows, rule.lr)
         bar.set_postfix(loss=f"{float(best.max()):.2e}")
+    if latents is not None:
+        latents.append(best_z)
     return best_null[None]
