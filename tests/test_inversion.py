@@ -46,9 +46,10 @@ def test_guidance_drifts_and_null_text_brings_it_back(any_editor, image):
 
 
 def test_null_text_costs_no_redundant_pass(editor, image):
-    """Per step: one conditional pass, and one forward per loss evaluation, of which all but the last
-    are back-propagated. So forward = backward + 3N (N for the pivot, N conditional, N final)."""
-    inv = editor.invert(image, PROMPT, method="null-text", steps=STEPS, progress=False)
+    """The paper's rule, per step: one conditional pass, and one forward per loss evaluation, of which
+    all but the last are back-propagated. So forward = backward + 3N (N for the pivot, N conditional, N
+    final)."""
+    inv = editor.invert(image, PROMPT, method="null-text", null_init="null", steps=STEPS, progress=False)
     assert inv.cost.unet_forward == inv.cost.unet_backward + 3 * STEPS
     assert inv.cost.unet_backward <= 10 * STEPS
     assert inv.null_embeddings.shape[0] == STEPS

@@ -63,7 +63,8 @@ def test_every_inversion_with_exact_passes_and_round_trips(xl_editor, xl_image):
     ddim1 = xl_editor.invert(xl_image, PROMPT, method="ddim", guidance_scale=1.0, steps=STEPS, progress=False)
     ddim = xl_editor.invert(xl_image, PROMPT, method="ddim", steps=STEPS, progress=False)
     npi = xl_editor.invert(xl_image, PROMPT, method="negative-prompt", steps=STEPS, progress=False)
-    nti = xl_editor.invert(xl_image, PROMPT, method="null-text", steps=STEPS, inner_steps=5, progress=False)
+    nti = xl_editor.invert(xl_image, PROMPT, method="null-text", null_init="null", steps=STEPS, inner_steps=5,
+                           progress=False)  # the paper's Algorithm 1: its pass structure, from the empty prompt
     assert ddim.cost.unet_forward == npi.cost.unet_forward == STEPS  # the pivot: one pass per step
     assert nti.cost.unet_forward == nti.cost.unet_backward + 3 * STEPS and nti.cost.unet_backward <= 5 * STEPS
     variance = ddim.pivots[-1].var().item()
@@ -83,7 +84,8 @@ def test_every_inversion_with_exact_passes_and_round_trips(xl_editor, xl_image):
 
 
 def test_null_text_can_optimise_the_pooled_embedding_too(xl_editor, xl_image):
-    nti = xl_editor.invert(xl_image, PROMPT, method="null-text", steps=2, inner_steps=2, null_pooled=True, progress=False)
+    nti = xl_editor.invert(xl_image, PROMPT, method="null-text", null_init="null", steps=2, inner_steps=2,
+                           null_pooled=True, progress=False)
     assert nti.null_embeddings[:, 77, :32].abs().sum() > 0 and nti.options["null_pooled"] is True
     assert nti.null_embeddings[:, 77, 32:38].eq(torch.tensor([32.0, 32, 0, 0, 32, 32])).all()
     with pytest.raises(InputError, match="null_pooled"):

@@ -21,7 +21,7 @@ from .errors import InputError
 from .inversions import METHODS, methods as new_methods
 from .inversions.ddim import ddim_inversion
 from .inversions.direct import on_pivot
-from .inversions.null_text import null_text_optimisation
+from .inversions.null_text import PAPER, WARM, null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
 from .io.mask import MaskLike
@@ -154,23 +154,23 @@ class Editor:
 
     def invert(self, image: ImageLike | Sequence[ImageLike], prompt: str | Sequence[str] | None = None, *,
                method: str = "negative-prompt", steps: int = 50, guidance_scale: float | None = None,
-               null_init: str = "null", global_null: bool = False, inner_steps: int = 10,
+               null_init: str | None = None, global_null: bool = False, inner_steps: int | None = None,
                keep_aspect: bool = False, settings: dict | None = None, null_pooled: bool = False,
                progress: bool = True) -> Inversion | list[Inversion]:
         """Find the trajectory that regenerates `image` under `prompt` (a list of images: one batch).
         With no prompt (None), the image is described first and the description's prompt is used.
 
         method: "ddim" (the pivot alone; reconstructed at `guidance_scale`, 1 for the no-CFG baseline),
-        "null-text" (Mokady et al.; `null_init="source"` starts from the prompt's embedding,
-        `global_null=True` optimises one embedding for all steps), "negative-prompt" (Miyake et al.),
-        "edit-friendly", "edict", "proxnpi" or "spdinv" (`inversions.methods`; `settings` overrides
-        their defaults by name, e.g. {"mix": 0.9}). `guidance_scale`: None is the editor's.
-        `null_pooled` (SDXL, null-text): optimise the pooled unconditional embedding too, not only the
-        token embeddings (README, "SDXL").
-        """
+        "null-text" (Mokady et al.; `null_init` "npi", default: NPI-started steps, `null_text.WARM`; "null":
+        the paper's Algorithm 1, `PAPER`; "source": it from the prompt's embedding; `inner_steps` None: the
+        rule's; `global_null=True`: one embedding for all steps, from "null"), "negative-prompt" (Miyake et al.),
+        "edit-friendly", "edict", "proxnpi" or "spdinv" (`inversions.methods`; `settings` overrides their
+        defaults by name, e.g. {"mix": 0.9}). `guidance_scale`: None is the editor's. `null_pooled` (SDXL,
+        null-text): optimise the pooled unconditional embedding too (README, "SDXL")."""
         guidance_scale = self.guidance(guidance_scale)
         self.schedule(steps)  # checked before any work
-        inner_steps = checks.whole("inner_steps", inner_steps, 0)
+        inner_steps = None if inner_steps is None else checks.whole("inner_steps", inner_steps, 0)
+        null_init = null_init or ("null" if global_null else "npi")
         if null_pooled and (self.unet.layout is None or method != "null-text"):
             raise InputError("null_pooled optimises SDXL's pooled null embedding: it needs an SDXL model and "
                              "method='null-text'.")
@@ -217,10 +217,11 @@ class Editor:
             pivots = ddim_inversion(self.unet, schedule, self.encode(images), cond, progress=progress)
         if method == "null-text":
             with conditioning.pooled_trainable(self.unet, null_pooled):
+                rule = (WARM if null_init == "npi" else PAPER).with_inner_steps(inner_steps)
                 nulls = null_text_optimisation(
                     self.unet, schedule, pivots, cond, empty if null_init == "null" else cond, guidance_scale,
-                    inner_steps=inner_steps, shared=global_null, from_source=null_init == "npi", progress=progress)
-            options = {"null_init": null_init, "global_null": global_null, "inner_steps": inner_steps}
+                    rule=rule, shared=global_null, from_source=null_init == "npi", progress=progress)
+            options = {"null_init": null_init, "global_null": global_null, "inner_steps": rule.inner_steps}
             if self.unet.layout is not None:
                 options["null_pooled"] = null_pooled
         elif method == "negative-prompt":

@@ -25,6 +25,7 @@ METHODS: dict[str, dict] = {
     "ddim (guidance 1)": dict(method="ddim", guidance_scale=1.0),
     "ddim": dict(method="ddim"),
     "null-text": dict(method="null-text"),
+    "null-text (paper)": dict(method="null-text", null_init="null"),
     "null-text (source init)": dict(method="null-text", null_init="source"),
     "null-text (global)": dict(method="null-text", global_null=True),
     "negative-prompt": dict(method="negative-prompt"),

@@ -2,7 +2,8 @@
 (SD 1.5, SD 2.1 768-v, SDXL base) built from its published configuration (`bench/configs/*.json`, the
 components' config.json) with random weights: no download.
 
-Per method (DDIM, negative-prompt (NPI), null-text (NTI), Direct Inversion, a P2P word swap), for one
+Per method (DDIM, negative-prompt (NPI), null-text (NTI: the paper's Algorithm 1, `null_init="null"`,
+whose pass structure the README's tables measured), Direct Inversion, a P2P word swap), for one
 image at the native size: seconds, UNet samples (one latent through the UNet each), the ratio to the
 bare floor, and peak memory. The floor is the same UNet calls (same batch sizes) run bare (diffusers'
 default SDPA processors, no control, no hooks: timed once per batch size after the methods), plus the
@@ -174,7 +175,9 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
         _reset_peak(editor.device)
         t = time.perf_counter()
         inv_method = {"direct": "ddim", "p2p-swap": "negative-prompt"}.get(method, method)
-        inv = editor.invert(image, SOURCE, method=inv_method, steps=steps, inner_steps=inner_steps, progress=progress)
+        paper = {"null_init": "null"} if method == "null-text" else {}
+        inv = editor.invert(image, SOURCE, method=inv_method, steps=steps, inner_steps=inner_steps, progress=progress,
+                            **paper)
         if method in ("direct", "p2p-swap"):
             out = editor.edit(inv, TARGET, direct=method == "direct", progress=progress)
             backward = 0

@@ -1,7 +1,8 @@
 """Inversions: the trajectory that regenerates an image, as functions of tensors over one sampling loop.
 
 - `ddim.ddim_inversion`: the pivot trajectory, run backwards with the source prompt (Mokady et al. 2023, sec. 3.1).
-- `null_text.null_text_optimisation`: per-step optimised null embeddings (Mokady et al. 2023, Algorithm 1).
+- `null_text.null_text_optimisation`: per-step optimised null embeddings (Mokady et al. 2023, Algorithm 1:
+  rule `PAPER`; the default `WARM` starts every step at NPI's null, with a relative tolerance and a budget).
 - Negative-prompt inversion (Miyake et al. 2023) needs no function: its null embedding *is* the source
   prompt's embedding, so guided sampling at any scale equals conditional sampling, which is what the
   pivot was built with.

@@ -18,8 +18,9 @@ from .controls import control_options, controls_base
 @click.option("--method", "-m", type=METHOD, default="negative-prompt", show_default=True)
 @click.option("--steps", **STEPS)
 @click.option("--guidance", **GUIDANCE)
-@click.option("--null-init", type=click.Choice(["null", "source"]), default="null", show_default=True,
-              help="null-text: start from the empty prompt's embedding (paper) or the source prompt's.")
+@click.option("--null-init", type=click.Choice(["npi", "null", "source"]), default=None,
+              help="null-text: npi (default: every step starts at NPI's null, relative tolerance, 5 updates a "
+                   "step on average), null (the paper's Algorithm 1) or source (Algorithm 1 from the prompt's).")
 @click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
 @click.option("--keep-aspect", is_flag=True, help="keep the aspect ratio instead of a centre crop.")
 @click.option("--method-setting", "settings", **METHOD_SETTING)
