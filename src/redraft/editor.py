@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -28,15 +28,12 @@ from .io.mask import MaskLike
 from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, default_device, editing_recipe, fingerprint, load_pipeline,
                          recommended_guidance)
 from .p2p.attention import AttentionControl, controlled
-from .p2p.blend import LocalBlend
 from .p2p.controls import Controls
 from .p2p.kinds import PROBE_AT, probe
 from .p2p import editors, recipe as R
-from .p2p.features import injected
-from .p2p.layout import layout_guidance
-from .p2p.plan import plan, skipped_steps
+from .p2p.plan import skipped_steps
 from .p2p.region import LatentBlend, Region, stop_step
-from .p2p.renoise import Renoise
+from .p2p.run import run_p2p
 from .results import EditResult, WordMaps
 
 
@@ -399,45 +396,9 @@ class Editor:
     def _p2p(self, prompts, z_start, cond, uncond, guidance_scale, schedule, controls: Controls, reset,
              progress: bool, desc: str, start: int = 0, region: LatentBlend | None = None,
              hooks: new_methods.Hooks | None = None) -> EditResult:
-        """The one sampling loop with attention control, from `z_start` at step `start`; `reset(i, z)` is
-        Direct Inversion's callback (or None); `region` the user mask's blend, after LocalBlend's; `hooks`
-        the inversion method's (`inversions.methods`)."""
-        hooks = hooks or new_methods.Hooks()
-        if controls.target_guidance is not None and len(prompts) > 1:  # the source keeps its own
-            guidance_scale = torch.tensor([guidance_scale] + [controls.target_guidance] * (len(prompts) - 1))
-        started = time.perf_counter()
-        self.unet.reset()
-        tokenizer, steps = self.pipeline.tokenizer, schedule.steps
-        editing, latent_hw = len(prompts) > 1, tuple(z_start.shape[-2:])
-        control = AttentionControl(latent_hw, plan=editors.own_plan(
-            plan(tokenizer, prompts, controls, steps, latent_hw, inverted=desc != "generation"), controls) if editing else None)
-        processors = editors.processors(self.unet.unet, control, controls, tokenizer, prompts, steps) if editing else {}
-        blend = LocalBlend.from_controls(tokenizer, prompts, controls, control, steps)
-        guide = layout_guidance(self.unet, control, tokenizer, prompts, cond, controls.layout_guidance,
-                                controls.layout_guidance_steps, steps) if editing and controls.layout_guidance else None
-        renoise = Renoise(controls.renoise_step, steps, controls.renoise_strength, controls.renoise_seed, start) \
-            if editing and controls.renoise_step is not None else None
-        features = editors.feature_window(controls, steps) if editing else None
-        callbacks = [fn for fn in (hooks.callback, reset, blend, region) if fn is not None]
-        noise = renoise if hooks.noise is None else \
-            hooks.noise if renoise is None else (lambda i, eps: renoise(i, hooks.noise(i, eps)))
-
-        def callback(i: int, z: torch.Tensor):
-            for fn in callbacks:
-                replaced = fn(i, z)
-                z = z if replaced is None else replaced
-            return z
-
-        with controlled(self.unet, control, processors), \
-                injected(self.unet.unet, control, controls.feature_layers, features) if features is not None else nullcontext():
-            z = hooks.loop(self.unet, schedule, z_start, cond, uncond, guidance_scale, callback=callback, guide=guide,
-                           noise=noise, rule=hooks.rule, start=start, progress=progress, desc=desc)
-        images = self.decode(z)
-        blend_mask = blend.mask if blend is not None else None
-        if blend_mask is not None and region is not None:  # the user's mask bounds LocalBlend's region
-            blend_mask = blend_mask & (region.mask > 0)
-        return EditResult(images, list(prompts), controls, control, z, blend_mask,
-                          self.unet.forward, self.unet.backward, time.perf_counter() - started)
+        """`p2p.run.run_p2p` on this editor's UNet, tokenizer and VAE."""
+        return run_p2p(self.unet, self.pipeline.tokenizer, self.decode, prompts, z_start, cond, uncond, guidance_scale,
+                       schedule, controls, reset, progress, desc, start, region, hooks)
 
     def check_size(self, size) -> tuple[int, int]:
         """(height, width) checked to be positive multiples of the VAE's factor; None: the native square."""
