@@ -314,17 +314,20 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
 
     from redraft.shapes.train import Recipe, counterfactual_scenes, plot_training, render_batch, train, trained_vae
 
-    r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, decoder_steps=2, text_width=32, text_layers=1,
-               unet_steps=3, unet_batch=4, unet_warmup=1, unet_restart_steps=0, unet_more_restarts=(),
-               p_counterfactual=1.0, counterfactual_min_t=0, object_loss_weight=3.0, eval_every=0)
+    r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, decoder_steps=2, tune_steps=2, tune_batch=2,
+               text_width=32, text_layers=1, unet_steps=3, unet_batch=4, unet_warmup=1, unet_restart_steps=0,
+               unet_more_restarts=(), p_counterfactual=1.0, counterfactual_min_t=0, object_loss_weight=3.0, eval_every=0)
     model = train(tmp_path, r)
     work = tmp_path / "work"
-    # The decoder stage changed the decoder only, and the export carries it.
+    # Both decoder stages changed the decoder only, and the export carries the last one's.
     first, tuned = load_file(str(work / "vae.safetensors")), load_file(str(work / "decoder.safetensors"))
+    retuned = load_file(str(work / "decoder-tuned.safetensors"))
     exported = load_file(str(model / "vae" / "diffusion_pytorch_model.safetensors"))
     for name in first:
-        assert torch.equal(first[name], tuned[name]) == (not name.startswith(("decoder.", "post_quant_conv."))), name
-        assert torch.equal(exported[name], tuned[name]), name
+        decoder = name.startswith(("decoder.", "post_quant_conv."))
+        assert torch.equal(first[name], tuned[name]) == (not decoder), name
+        assert torch.equal(tuned[name], retuned[name]) == (not decoder), name
+        assert torch.equal(exported[name], retuned[name]), name
     stored = load_file(str(work / "counterfactuals.safetensors"))["latents"]
     targets = [target for _, target in counterfactual_scenes(r)]
     with torch.no_grad():

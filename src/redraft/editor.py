@@ -25,8 +25,8 @@ from .inversions.null_text import PAPER, WARM, null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
 from .io.mask import MaskLike
-from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, default_device, editing_recipe, fingerprint, load_pipeline,
-                         recommended_guidance)
+from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, compatible_fingerprints, default_device, editing_recipe,
+                         fingerprint, load_pipeline, recommended_guidance)
 from .p2p.attention import AttentionControl, controlled
 from .p2p.controls import Controls
 from .p2p.kinds import PROBE_AT, probe
@@ -49,15 +49,15 @@ def load(model: str | None = None, *, device: str | torch.device | None = None,
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     pipe = load_pipeline(model, device, dtype)
-    return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer,
-                  guidance_scale=recommended_guidance(model), recipe=editing_recipe(model))
+    return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer, guidance_scale=
+                  recommended_guidance(model), recipe=editing_recipe(model), compatible=compatible_fingerprints(model))
 
 
 class Editor:
     """Describes, inverts, reconstructs and edits images with one Stable Diffusion pipeline."""
 
     def __init__(self, pipeline, model_id: str, describer: str | Path | None = None,
-                 guidance_scale: float = DEFAULT_GUIDANCE, recipe: R.Recipe = R.REFERENCE):
+                 guidance_scale: float = DEFAULT_GUIDANCE, recipe: R.Recipe = R.REFERENCE, compatible: Sequence[str] = ()):
         self.pipeline = pipeline
         self.guidance_scale = guidance_scale  # used wherever a call gives none
         self.recipe = recipe  # the controls of an edit that passes none (`p2p.recipe`)
@@ -65,6 +65,7 @@ class Editor:
         self.describer_path = Path(describer) if describer is not None else None  # None: the model's own
         self._describer = None  # loaded on first use
         self.fingerprint = fingerprint(pipeline)
+        self.fingerprints = (self.fingerprint, *compatible)  # inversions it accepts (`compatible_fingerprints`)
         self.unet = CountedUNet(pipeline.unet)
         self.family = conditioning.family(pipeline)  # "sd" (1.x / 2.x) or "sdxl"
 
@@ -242,7 +243,7 @@ class Editor:
         single = isinstance(inversion, Inversion)
         invs = [inversion] if single else list(inversion)
         for x in invs:
-            x.check_compatible(self.fingerprint, self.model_id, family=self.family)
+            x.check_compatible(self.fingerprints, self.model_id, family=self.family)
         if len({(x.steps, x.guidance_scale, tuple(x.pivots.shape)) for x in invs}) > 1:
             return [self.reconstruct(x, progress=progress) for x in invs]
         z = self.replay(invs, progress=progress)
@@ -324,7 +325,7 @@ class Editor:
         the steps; None: the recipe's, else Blended Latent Diffusion's 1: all) ends the latent blend early,
         so that the last steps can mend a VAE whose latents are not local (the built-in model's).
         """
-        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
+        inversion.check_compatible(self.fingerprints, self.model_id, family=self.family)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise InputError("give at least one target prompt to edit towards.")
@@ -370,7 +371,7 @@ class Editor:
         """
         inversion = image if isinstance(image, Inversion) else \
             self.invert(image, prompt, method="negative-prompt", steps=steps, progress=progress)
-        inversion.check_compatible(self.fingerprint, self.model_id, family=self.family)
+        inversion.check_compatible(self.fingerprints, self.model_id, family=self.family)
         control = AttentionControl(tuple(inversion.x_T.shape[-2:]))
         with controlled(self.unet, control):
             self.replay([inversion], progress=progress)

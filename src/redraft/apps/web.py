@@ -209,7 +209,7 @@ class App:
         if not path:
             return gr.update(), gr.update(), gr.update(), gr.update(), cache, ""
         inversion = Inversion.load(path)
-        inversion.check_compatible(self.editor.fingerprint, self.editor.model_id, family=self.editor.family)
+        inversion.check_compatible(self.editor.fingerprints, self.editor.model_id, family=self.editor.family)
         image = Image.fromarray(inversion.image)
         cache = self.remember(cache, self.key(image, inversion.prompt, inversion.method, inversion.steps), inversion)
         status = (f"Loaded an inversion ({inversion.method}, {inversion.steps} steps) of "

@@ -8,6 +8,7 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -118,16 +119,18 @@ class Inversion:
                    prompt_embedding=tensors["prompt_embedding"], image=tensors["image"].numpy(),
                    extras={k: tensors[k] for k in EXTRAS if k in tensors})
 
-    def check_compatible(self, model_fingerprint: str, model_id: str, steps: int | None = None, *,
+    def check_compatible(self, model_fingerprint: str | Sequence[str], model_id: str, steps: int | None = None, *,
                          family: str | None = None) -> None:
-        """Refuse to apply this inversion to another model family, another model or another number of steps."""
+        """Refuse to apply this inversion to another model family, another model or another number of steps.
+        `model_fingerprint`: the loaded model's, or a sequence of those it accepts (`Editor.fingerprints`)."""
+        accepted = (model_fingerprint,) if isinstance(model_fingerprint, str) else tuple(model_fingerprint)
         if family is not None and family != self.model_family:
             raise InputError(
                 f"this inversion was made with the {FAMILIES[self.model_family]} model ({self.model_id!r}), but the "
                 f"loaded {model_id!r} is {FAMILIES.get(family, family)}: the two families' latents and text "
                 f"embeddings do not fit each other. Load {self.model_id!r} (redraft --model ...) or invert the "
                 f"image again with this model.")
-        if model_fingerprint != self.model_fingerprint:
+        if self.model_fingerprint not in accepted:
             raise InputError(
                 f"this inversion was made with model {self.model_id!r}, not the loaded {model_id!r}: "
                 f"its latents and embeddings mean nothing to another model. Load {self.model_id!r} "

@@ -38,6 +38,23 @@ def recommended_guidance(model: str | Path | None) -> float:
     return float(value)
 
 
+def compatible_fingerprints(model: str | Path | None) -> tuple[str, ...]:
+    """Fingerprints of earlier versions of a model whose inversions stay valid for it: the
+    "compatible_fingerprints" of its folder's redraft.json. The built-in model lists the version before its
+    decoder was tuned alone (the encoder, the UNet and the text encoder are byte for byte the same, so the
+    latents, trajectories and embeddings of an inversion mean the same; only the pixels drawn from them change)."""
+    path = Path(str(builtin_path() if model is None else model)) / SETTINGS
+    if not path.is_file():
+        return ()
+    try:
+        value = json.loads(path.read_text()).get("compatible_fingerprints", [])
+    except (ValueError, AttributeError):
+        raise InputError(f"{path} is not a JSON object; fix or delete it.") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{path}: compatible_fingerprints must be a list of strings; got {value!r}.")
+    return tuple(value)
+
+
 def editing_recipe(model: str | Path | None):
     """How a model edits when no control is passed (`p2p.recipe.Recipe`): the "editing" entry of the
     folder's redraft.json (the built-in shapes model ships one), else Prompt-to-Prompt's defaults."""

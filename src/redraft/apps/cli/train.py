@@ -25,6 +25,19 @@ def train_shapes_model(out_dir):
     click.echo(f"model written to {run(out_dir)}")
 
 
+@train.command("decoder")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="work folder; run again to resume after a stop.")
+@click.option("--from", "source", default=None, type=click.Path(file_okay=False),
+              help="a trained shapes model folder (default: the built-in model).")
+def train_decoder(out_dir, source):
+    """Tune a shapes model's VAE decoder alone against its ghosts, dark frame and rounded tips (stage 1c of
+    the recipe; the encoder and the UNet stay as they are). Writes OUT/vae, to put in the model's place."""
+    from ...shapes.train import retune_model
+
+    click.echo(f"tuned VAE written to {retune_model(out_dir, source)}")
+
+
 @train.command("describer")
 @click.option("--data", required=True, help="'shapes' (scenes drawn on the fly), or a folder with prompts.csv / "
               "prompts.jsonl (columns image, prompt), or with DiffusionDB's part-*.zip files.")

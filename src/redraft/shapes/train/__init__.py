@@ -2,7 +2,8 @@
 
 Three stages, each resumable from its own checkpoint (`DIR/work/`):
 1. `vae`: an AutoencoderKL (64 x 64 RGB <-> 4 x 16 x 16), L1 + MSE + a tiny KL term; then
-   `decoder`: its decoder alone, object-weighted, on noised latents (the latent space stays).
+   `decoder`: its decoder alone, object-weighted, on noised latents (the latent space stays); then
+   `decoder-tune` (`decoder.retune_decoder`): the decoder once more, against its ghosts, frame and tips.
 2. `latents`: encode a fixed set of training scenes once (the VAE mean), and set the VAE's
    `scaling_factor` to 1 / std of those latents, as SD 1.x's 0.18215 was chosen.
 3. `unet`: the UNet and a small CLIP text encoder, trained jointly on the v objective (SD 2.x's
@@ -14,7 +15,7 @@ Then `export` writes the EMA weights as a diffusers `StableDiffusionPipeline` fo
 
 Scenes whose `split` is "test" are never used here: benchmarks and the demo draw from them.
 
-The package: `recipe` (`Recipe`, the schedules), `data` (scenes, pairs, prompts), `vae` (stages 1-2),
+The package: `recipe` (`Recipe`, the schedules), `data` (scenes, pairs, prompts), `vae` (stages 1-2), `decoder` (stage 1c),
 `unet` (stage 3), `pipeline` (`export`: the pipeline folder; the plot; `train`); every name is importable from
 here (`from redraft.shapes.train import Recipe, train`). `python -m redraft.shapes.train DIR` trains.
 """
@@ -22,6 +23,7 @@ here (`from redraft.shapes.train import Recipe, train`). `python -m redraft.shap
 from __future__ import annotations
 
 from ...io.checkpoints import Checkpointer
+from .decoder import retune_decoder, retune_loss, retune_model
 from .data import PromptIds, counterfactual_scenes, render_batch, sample_prompt, training_scenes
 from .pipeline import assemble, export, plot_training, train
 from .recipe import (EXTRA_WORDS, Recipe, alphas_cumprod, counterfactual_start, sd_scheduler_config, unet_cycles,
@@ -35,5 +37,5 @@ __all__ = ["DECODER_WARMUP", "EXTRA_WORDS", "Checkpointer", "PromptIds", "Recipe
            "blank_padding", "build_text_encoder", "build_unet", "build_vae", "cell_weights", "counterfactual_scenes",
            "counterfactual_start", "ema_update", "encode_latents", "encode_scenes", "export", "finetune_decoder",
            "generation_accuracy", "loss_weights", "noise_like", "object_cells", "object_weights", "objective",
-           "plot_training", "render_batch", "sample_prompt", "sd_scheduler_config", "train", "train_unet",
+           "plot_training", "render_batch", "retune_decoder", "retune_loss", "retune_model", "sample_prompt", "sd_scheduler_config", "train", "train_unet",
            "train_vae", "trained_vae", "training_scenes", "unet_cycles", "unet_lr", "words"]

@@ -1,12 +1,14 @@
-"""Stage 1c: a second fine-tune of the shipped model's VAE decoder, which removes its visible flaws.
+"""Stage 1c: the decoder alone once more, against the visible flaws stage 1b leaves (`Recipe.tune_*`).
 
-The decoder of stage 1b draws faint ghost blobs beside the object, a dark frame on black backgrounds and
-rounded tips on small diamonds: errors too faint or too small for a mean loss to notice. This stage keeps
-the encoder (so the latent space, the UNet and every saved inversion stay valid) and tunes the decoder
-and its post-quant conv on the posterior mean plus noise (as stage 1b does), with a loss that also
-looks at the worst pixels: the mean of each image's `worst` share of largest background errors (ghosts,
-frame) and of object-edge errors (tips), added to the object-weighted L1 + L2 of stage 1b. Run it with
-`redraft train decoder --out DIR` (resumable); `flaws` measures what it is for.
+Stage 1b's decoder draws faint ghost blobs beside the object, a faint dark frame on black backgrounds and
+rounded tips on small diamonds (`redraft.shapes.flaws` measures them): errors too faint or too small for a
+mean loss to notice. This stage keeps the encoder (so the latent space, the UNet and every saved inversion
+stay valid) and tunes the decoder and its post-quant conv from stage 1b's weights, on the posterior mean plus
+noise as stage 1b does, with a loss that also weighs where the flaws are: the background more than 3 px
+from the object (its mean error and, per image, the mean of its worst `tune_worst` share of pixels: a ghost
+is a few pixels), the outer 2 px (the frame), the 3 x 3 pixels at each corner or tip of the shape, and the
+worst share of the object's 2 px edge band. `train` runs it after stage 1b; `retune_model` runs it alone on
+a trained model's VAE (`redraft train decoder --out DIR`, resumable).
 """
 
 from __future__ import annotations
@@ -14,44 +16,58 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ...core.schedules import warmup_cosine
 from ...io.checkpoints import Checkpointer, load_checkpoint
 from .. import world
+from ..flaws import BORDER, MARGIN
 from .data import render_batch
-from .vae import DECODER_WARMUP, object_weights
+from .recipe import Recipe
+from .vae import DECODER_WARMUP, build_vae, object_weights
+
+ENCODER = ("encoder.", "quant_conv.")  # the tensors this stage must leave as they are
 
 
-@dataclass(frozen=True)
-class DecoderTune:
-    """The stage's settings (chosen on validation scenes of the training split; `flaws` on test scenes)."""
-
-    steps: int = 3000
-    batch: int = 16
-    lr: float = 2e-4          # a tenth of stage 1b's peak: the decoder is already good
-    object_weight: float = 5.0  # as stage 1b
-    latent_noise: float = 0.3   # as stage 1b: the UNet's latents are never exactly the encoder's
-    worst: float = 0.02        # share of each image's background / edge pixels in the worst-pixel term
-    worst_weight: float = 1.0
-    seed: int = 1
-    checkpoint_minutes: float = 3.0
-    log_every: int = 50
-
-
-def _regions(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(background at least 3 px from the object, the object's edge band of 2 px) as [n, 1, h, w] bools."""
-    on = ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.05).float()
-    near = F.max_pool2d(on, 7, stride=1, padding=3) > 0
+def regions(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(background more than `MARGIN` px from the object, the object's edge band of 2 px either side) of
+    rendered scenes x [n, 3, h, w], as [n, 1, h, w] bools."""
+    on = ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 1e-3).float()
+    near = F.max_pool2d(on, 2 * MARGIN + 1, stride=1, padding=MARGIN) > 0
     grown = F.max_pool2d(on, 5, stride=1, padding=2) > 0
     shrunk = -F.max_pool2d(-on, 5, stride=1, padding=2) > 0
     return ~near, grown & ~shrunk
+
+
+def border_mask(n: int, size: int = world.CANVAS) -> torch.Tensor:
+    """[n, 1, size, size]: the outer `BORDER` px."""
+    m = torch.ones(n, 1, size, size, dtype=torch.bool)
+    m[..., BORDER:-BORDER, BORDER:-BORDER] = False
+    return m
+
+
+def corners(scene: world.Scene) -> list[tuple[int, int]]:
+    """The pixels (x, y) whose centres are the shape's corners or tips (a circle has none): the box's edges
+    lie on pixel centres (`world.render`), so each corner is one pixel's centre."""
+    h, x, y = world.SIZES[scene.size], scene.cx, scene.cy
+    return {"circle": [], "square": [(x - h, y - h), (x + h, y - h), (x - h, y + h), (x + h, y + h)],
+            "triangle": [(x, y - h), (x - h, y + h), (x + h, y + h)],
+            "diamond": [(x - h, y), (x + h, y), (x, y - h), (x, y + h)]}[scene.shape]
+
+
+def corner_mask(scenes: list[world.Scene], size: int = world.CANVAS) -> torch.Tensor:
+    """[n, 1, size, size]: the 3 x 3 pixels around each corner or tip of each scene's shape."""
+    m = torch.zeros(len(scenes), 1, size, size, dtype=torch.bool)
+    for i, s in enumerate(scenes):
+        for x, y in corners(s):
+            m[i, 0, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+    return m
 
 
 def worst_mean(err: torch.Tensor, region: torch.Tensor, share: float) -> torch.Tensor:
@@ -60,75 +76,90 @@ def worst_mean(err: torch.Tensor, region: torch.Tensor, share: float) -> torch.T
     for e, r in zip(err, region[:, 0]):
         values = e[r]
         if values.numel():
-            k = max(1, int(share * values.numel()))
-            out.append(values.topk(k).values.mean())
+            out.append(values.topk(max(1, int(share * values.numel()))).values.mean())
     return torch.stack(out).mean() if out else err.sum() * 0
 
 
-def decoder_loss(y: torch.Tensor, x: torch.Tensor, t: DecoderTune) -> torch.Tensor:
+def retune_loss(y: torch.Tensor, x: torch.Tensor, scenes: list[world.Scene], r: Recipe) -> torch.Tensor:
+    """Stage 1b's object-weighted L1 + L2, with the far background, the border and the corners weighted
+    more, plus the mean of the worst pixels of the far background and of the edge band."""
     e = y - x
-    base = (object_weights(x, t.object_weight) * (e.abs() + e * e)).mean()
+    far, edge = regions(x)
+    w = (object_weights(x, r.decoder_object_weight) + r.tune_far_weight * far + r.tune_border_weight
+         * border_mask(len(x), x.shape[-1]) + r.tune_corner_weight * corner_mask(scenes, x.shape[-1]))
     err = e.abs().amax(1)  # [n, h, w]: the worst channel of each pixel
-    background, edge = _regions(x)
-    return base + t.worst_weight * (worst_mean(err, background, t.worst) + worst_mean(err, edge, t.worst))
+    worst = worst_mean(err, far, r.tune_worst) + worst_mean(err, edge, r.tune_worst)
+    return (w * (e.abs() + e * e)).mean() + r.tune_worst_weight * worst
 
 
-def tune_decoder(vae, work: Path, t: DecoderTune = DecoderTune(), progress: bool = True):
-    """Tune `vae`'s decoder in place (resumable from `work/decoder-tune.ckpt`); returns the vae."""
+def retune_decoder(out: Path, r: Recipe, progress: bool = True) -> None:
+    """Stage 1c: `work/decoder.safetensors` (stage 1b's VAE) -> `work/decoder-tuned.safetensors`, the decoder
+    and post-quant conv tuned by `retune_loss`; resumable from `work/decoder-tune.ckpt`."""
+    work = out / "work"
+    done = work / "decoder-tuned.safetensors"
+    if done.exists() or not r.tune_steps:
+        return
+    start = load_file(str(next(p for p in (work / "decoder.safetensors", work / "vae.safetensors") if p.exists())))
+    vae = build_vae(r)
+    vae.load_state_dict(start)
     vae.requires_grad_(False)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=0.0)
-    ckpt = Checkpointer(work / "decoder-tune.ckpt", t.checkpoint_minutes)
+    opt = torch.optim.AdamW(params, lr=r.tune_lr, weight_decay=0.0)
+    ckpt = Checkpointer(work / "decoder-tune.ckpt", r.checkpoint_minutes)
     step, log = 0, {"loss": [], "psnr": []}
     if ckpt.path.exists():
         step, log = load_checkpoint(ckpt.path, {"vae": vae}, opt)
-    bar = tqdm(total=t.steps, initial=step, desc="decoder tune", disable=not progress)
-    while step < t.steps:
-        rng = random.Random(f"decoder-tune-{t.seed}-{step}")
-        g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+    bar = tqdm(total=r.tune_steps, initial=step, desc="decoder tune", disable=not progress, mininterval=10)
+    while step < r.tune_steps:
+        rng = random.Random(f"decoder-tune-{r.seed}-{step}")
+        g = torch.Generator().manual_seed(r.seed * 1_000_003 + 7 * step + 1)
         for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, t.steps, t.lr, DECODER_WARMUP)
-        x = render_batch([world.random_scene(rng) for _ in range(t.batch)])
+            group["lr"] = warmup_cosine(step, r.tune_steps, r.tune_lr, DECODER_WARMUP)
+        scenes = [world.random_scene(rng) for _ in range(r.tune_batch)]
+        x = render_batch(scenes)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
-            std = t.latent_noise * torch.rand(len(z), 1, 1, 1, generator=g)
+            std = r.decoder_latent_noise * torch.rand(len(z), 1, 1, 1, generator=g)
             z = z + std * torch.randn(z.shape, generator=g)
         y = vae.decode(z).sample
-        loss = decoder_loss(y, x, t)
+        loss = retune_loss(y, x, scenes, r)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         bar.update(1)
-        if step % t.log_every == 0:
+        if step % r.log_every == 0:
             log["loss"].append([step, loss.item()])
             log["psnr"].append([step, 10 * math.log10(4 / F.mse_loss(y, x).item())])
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        ckpt.maybe(step == t.steps, {"vae": vae}, opt, step, log)
+        ckpt.maybe(step == r.tune_steps, {"vae": vae}, opt, step, log)
+    tuned = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    for k in tuned:
+        if k.startswith(ENCODER):
+            assert torch.equal(tuned[k], start[k]), f"stage 1c changed the encoder's {k}"
+    save_file(tuned, str(done))
     (work / "decoder_tune_log.json").write_text(json.dumps(log))
-    vae.requires_grad_(False)
-    return vae.eval()
 
 
-@torch.no_grad()
-def flaws(vae, scenes: list[world.Scene]) -> dict[str, float]:
-    """What the stage is for, over scenes' VAE round trips (8-bit levels of the worst channel):
-    ghost = the largest error on background pixels 3 px or more from the object (mean over scenes);
-    frame = the mean error on the outer 2 px of black-background scenes; edge = the mean error on the
-    object's 2 px edge band; psnr = the round trip's PSNR (dB, the editing's ceiling)."""
-    x = render_batch(scenes)
-    y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-    x8, y8 = (x + 1) * 127.5, ((y + 1) * 127.5).round()
-    err = (x8 - y8).abs().amax(1)
-    background, edge = _regions(x)
-    ghost = np.mean([float(e[r].max()) if r.any() else 0.0 for e, r in zip(err, background[:, 0])])
-    border = torch.ones_like(err[0], dtype=torch.bool)
-    border[2:-2, 2:-2] = False
-    black = [i for i, s in enumerate(scenes) if s.background == "black"]
-    frame = float(np.mean([float(err[i][border].mean()) for i in black])) if black else float("nan")
-    mse = ((x8 - y8) ** 2).flatten(1).mean(1)
-    return {"ghost": float(ghost), "frame": frame, "edge": float(err[edge[:, 0]].mean()),
-            "psnr": float((10 * torch.log10(255 ** 2 / mse)).mean())}
+def retune_model(out: str | Path, model: str | Path | None = None, r: Recipe | None = None) -> Path:
+    """Stage 1c alone on a trained model's VAE (default: the built-in model's): its VAE becomes stage 1b's
+    `work/decoder.safetensors` in `out`, the stage runs (resumable), and the tuned VAE is written as a
+    diffusers folder `out/vae` (the model's config, its scaling factor) to put in the model's place."""
+    from diffusers import AutoencoderKL
+
+    from ...io.loading import builtin_path
+
+    out, r = Path(out), r or Recipe()
+    source = Path(str(model)) if model is not None else builtin_path()
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "decoder.safetensors").exists():
+        shutil.copyfile(source / "vae" / "diffusion_pytorch_model.safetensors", work / "decoder.safetensors")
+    retune_decoder(out, r)
+    vae = AutoencoderKL.from_pretrained(str(source / "vae"))
+    vae.load_state_dict(load_file(str(work / "decoder-tuned.safetensors")))
+    vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+    return out / "vae"

@@ -15,6 +15,7 @@ from ...io.files import pyplot, save_figure
 from ...io.loading import SETTINGS
 from .. import world
 from ..tokenizer import build_tokenizer
+from .decoder import retune_decoder
 from .recipe import Recipe, sd_scheduler_config, words
 from .unet import build_text_encoder, build_unet, train_unet
 from .vae import encode_latents, finetune_decoder, train_vae, trained_vae
@@ -88,8 +89,8 @@ def train(out: str | Path, recipe: Recipe | None = None) -> Path:
     (out / "work").mkdir(parents=True, exist_ok=True)
     times_path = out / "work" / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
-    for name, stage in (("vae", train_vae), ("decoder", finetune_decoder), ("latents", encode_latents),
-                        ("unet", train_unet)):
+    for name, stage in (("vae", train_vae), ("decoder", finetune_decoder), ("decoder-tune", retune_decoder),
+                        ("latents", encode_latents), ("unet", train_unet)):
         t0 = time.time()
         stage(out, r)
         times[name] = times.get(name, 0.0) + time.time() - t0

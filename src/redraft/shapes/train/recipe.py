@@ -35,6 +35,20 @@ class Recipe:
     decoder_lr: float = 1e-3
     decoder_object_weight: float = 5.0
     decoder_latent_noise: float = 0.3
+    # Then the decoder alone once more, against the flaws stage 1b left (`decoder.retune_decoder`): faint ghost
+    # blobs beside the object, a dark frame on black backgrounds, rounded tips on small diamonds. From stage
+    # 1b's decoder at a lower learning rate, on the same noised latents; beside its object-weighted loss, the
+    # background more than 3 px from the object (its mean error, and the worst `tune_worst` share of its
+    # pixels per image), the outer 2 px, and the 3 x 3 pixels at each corner or tip of the shape weigh more.
+    # Chosen on validation scenes (docs/shapes-model.md); 0 steps: none.
+    tune_steps: int = 400
+    tune_batch: int = 16
+    tune_lr: float = 3e-4
+    tune_far_weight: float = 4.0
+    tune_worst: float = 0.02
+    tune_worst_weight: float = 1.0
+    tune_border_weight: float = 4.0
+    tune_corner_weight: float = 4.0
     # Latent data set.
     scenes: int = 60_000
     # Text encoder (a small CLIP) and UNet (SD 1.x block layout: attention at 16x16 and 8x8, plus the mid block).

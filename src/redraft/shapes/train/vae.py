@@ -139,11 +139,11 @@ def encode_scenes(vae, scenes: list, desc: str, batch: int = 32) -> torch.Tensor
 
 
 def trained_vae(out: Path, r: Recipe):
-    """The VAE as trained so far: with the tuned decoder once `finetune_decoder` is done (same encoder)."""
+    """The VAE as trained so far: with the latest tuned decoder (stage 1c's, else 1b's; the same encoder)."""
     work = out / "work"
     vae = build_vae(r)
-    tuned = work / "decoder.safetensors"
-    vae.load_state_dict(load_file(str(tuned if tuned.exists() else work / "vae.safetensors")))
+    found = [p for p in (work / "decoder-tuned.safetensors", work / "decoder.safetensors") if p.exists()]
+    vae.load_state_dict(load_file(str(found[0] if found else work / "vae.safetensors")))
     return vae.eval()
 
 
