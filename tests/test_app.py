@@ -87,8 +87,8 @@ def test_downloads_are_the_pictures_and_an_inversion_that_loads(app, editor, pic
     gallery, maps, files, inversion_file, cache, _ = edit(app, {}, picture, target=f"{TARGET}\n{SOURCE} sleeping")
     names = [p.rsplit("/", 1)[1] for p in files]
     assert names == ["input.png", "reconstruction-negative-prompt.png", "edit-1.png", "edit-2.png", "grid.png",
-                     "attention.png", "controls.json"]
-    for p in files[:-1]:
+                     "attention.png", "edit-1-controls.json", "edit-2-controls.json"]  # each edit's, in effect
+    for p in files[:-2]:
         assert Image.open(p).format == "PNG"
     loaded = Inversion.load(inversion_file)
     (kept,) = cache.values()
