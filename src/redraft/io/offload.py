@@ -58,9 +58,11 @@ def enable_offload(pipeline, mode: str, device: torch.device | str) -> None:
 
 
 def execution_device(pipeline) -> torch.device:
-    """The device a pipeline's components compute on: the offload hooks' execution device when there are
-    hooks (the parameters may be on the CPU or the meta device), else the UNet's. A `cpu:0` is `cpu`."""
-    device = torch.device(pipeline._execution_device) if hasattr(pipeline, "_execution_device") else pipeline.unet.device
+    """The device a pipeline's components compute on: with offload hooks, the hooks' execution device (the
+    parameters are on the CPU or the meta device); without, the UNet's (a freed component may be on the
+    meta device: `bench.scale`). A `cpu:0` is `cpu`."""
+    hooked = any(hasattr(m, "_hf_hook") for m in getattr(pipeline, "components", {}).values())
+    device = torch.device(pipeline._execution_device) if hooked else pipeline.unet.device
     return torch.device("cpu") if device.type == "cpu" else device
 
 
