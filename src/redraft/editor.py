@@ -110,10 +110,6 @@ class Editor:
                 conditioning.time_ids((self.resolution,) * 2, (self.resolution,) * 2)
         return conditioning.encode_xl(self.pipeline, layout, list(prompts), time_ids, self.device)
 
-    def time_ids(self, original: tuple[int, int], image: Image.Image) -> torch.Tensor:
-        """SDXL's time ids for an image of `original` (w, h) pixels brought to `image`'s size."""
-        return conditioning.time_ids(original[::-1], image.size[::-1])
-
     def prepare(self, image: ImageLike, *, keep_aspect: bool = False) -> Image.Image:
         """Any image -> an RGB image at the model's resolution (centre crop, or aspect kept)."""
         return fit(load_image(image), self.resolution, keep_aspect=keep_aspect,
@@ -189,7 +185,7 @@ class Editor:
             raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         loaded = [load_image(im) for im in images]
         prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in loaded]
-        ids = [self.time_ids(a.size, b) for a, b in zip(loaded, prepared)]  # SDXL's: the original size
+        ids = [conditioning.time_ids(a.size[::-1], b.size[::-1]) for a, b in zip(loaded, prepared)]  # SDXL: original (h, w)
         missing = [i for i, p in enumerate(prompts) if p is None]
         if missing:  # no source prompt: the describer's (Reverse Stable Diffusion)
             for i, description in zip(missing, self.describe([prepared[i] for i in missing])):
