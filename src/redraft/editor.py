@@ -207,7 +207,7 @@ class Editor:
         started = time.perf_counter()
         ids = torch.stack(time_ids) if time_ids else None
         cond = self.embed(prompts, ids)
-        empty = self.embed([""] * len(prompts), ids)
+        empty = None if method == "negative-prompt" else self.embed([""] * len(prompts), ids)  # NPI needs no ""
         options, extras = settings or {}, {}
         if method in new_methods.NEW:
             pivots, nulls, extras, options = new_methods.invert(method, self.unet, schedule, self.encode(images),
