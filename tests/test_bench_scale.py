@@ -107,3 +107,23 @@ def test_unknown_family_and_method_are_refused():
         scale.config("sd3")
     with pytest.raises(InputError, match=r"unknown method\(s\) \['edict'\]"):
         scale.run("sd15", methods=["edict"], spec=TINY["sd15"])
+
+
+def test_cpu_seconds_leave_out_the_waits_for_a_core(monkeypatch):
+    """On a CPU the bench's seconds are the process's CPU time: time spent waiting (here a 0.4 s sleep in
+    every image preparation, as a core held by another job would make it) is in the wall seconds only."""
+    import time
+
+    from redraft.editor import Editor
+
+    prepare = Editor.prepare
+
+    def slow(self, *a, **k):
+        time.sleep(0.4)
+        return prepare(self, *a, **k)
+
+    monkeypatch.setattr(Editor, "prepare", slow)
+    result = scale.run("sd15", steps=1, methods=["negative-prompt"], spec=TINY["sd15"], progress=False)
+    row = result["rows"][0]
+    assert result["clock"] == "process CPU" and "process CPU seconds" in scale.table(result)
+    assert row["wall_seconds"] > row["seconds"] + 0.35

@@ -83,6 +83,22 @@ def test_every_inversion_with_exact_passes_and_round_trips(xl_editor, xl_image):
     assert nti.null_embeddings[:, :77].abs().sum() > 0 and nti.options["null_pooled"] is False
 
 
+def test_negative_prompt_inversion_encodes_only_its_prompt(xl_editor, xl_image):
+    """NPI's null is its prompt: the empty prompt is not encoded (one pass of each of SDXL's text encoders
+    per inversion, 0.7 B parameters in all); DDIM's replay needs "" too (two passes each)."""
+    pipe, passes = xl_editor.pipeline, []
+    hooks = [m.register_forward_hook(lambda m, a, o: passes.append(a[0].shape[0]))
+             for m in (pipe.text_encoder, pipe.text_encoder_2)]
+    try:
+        xl_editor.invert(xl_image, PROMPT, method="negative-prompt", steps=2, progress=False)
+        npi, passes[:] = list(passes), []
+        xl_editor.invert(xl_image, PROMPT, method="ddim", steps=2, progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert npi == [1, 1] and passes == [1, 1, 1, 1]
+
+
 def test_null_text_can_optimise_the_pooled_embedding_too(xl_editor, xl_image):
     nti = xl_editor.invert(xl_image, PROMPT, method="null-text", null_init="null", steps=2, inner_steps=2,
                            null_pooled=True, progress=False)

@@ -25,6 +25,7 @@ from .inversions.null_text import PAPER, WARM, null_text_optimisation
 from .io.image import ImageLike, fit, load_image, to_pil, to_tensor
 from .io.inversion_file import Cost, Inversion
 from .io.mask import MaskLike
+from .io.offload import execution_device
 from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, compatible_fingerprints, default_device, editing_recipe,
                          fingerprint, load_pipeline, recommended_guidance)
 from .p2p.attention import AttentionControl, controlled
@@ -38,17 +39,18 @@ from .results import EditResult, WordMaps
 
 
 def load(model: str | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None, describer: str | Path | None = None) -> "Editor":
+         dtype: torch.dtype | None = None, describer: str | Path | None = None, offload: str | None = None) -> "Editor":
     """Load a Stable Diffusion pipeline (diffusers folder or hub id; None: the built-in shapes model).
 
     Device defaults to CUDA when present; dtype to fp16 on CUDA and fp32 on the CPU. `describer`: a
     describer folder for `Editor.describe` (default: `<model folder>/describer` if there is one). The
     editor's `guidance_scale` and `recipe` (how it edits when no control is passed, `p2p.recipe`) are the
     model's own (its redraft.json), else SD's 7.5 and Prompt-to-Prompt's published defaults.
+    `offload`: "model" or "sequential", diffusers' CPU offloading onto `device` (`io.offload`); None: none.
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    pipe = load_pipeline(model, device, dtype)
+    pipe = load_pipeline(model, device, dtype, offload=offload)
     return Editor(pipe, model_id=BUILTIN if model is None else str(model), describer=describer, guidance_scale=
                   recommended_guidance(model), recipe=editing_recipe(model), compatible=compatible_fingerprints(model))
 
@@ -73,7 +75,8 @@ class Editor:
 
     @property
     def device(self) -> torch.device:
-        return self.pipeline.unet.device
+        """Where the models compute (with offloading: the hooks' execution device, `io.offload`)."""
+        return execution_device(self.pipeline)
 
     @property
     def resolution(self) -> int:
@@ -99,15 +102,11 @@ class Editor:
         native size's). SD 1.x / 2.x ignore the time ids."""
         layout = self.unet.layout
         if layout is None:
-            return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts))
+            return encode_prompts(self.pipeline.tokenizer, self.pipeline.text_encoder, list(prompts), self.device)
         if time_ids is None:
             time_ids = layout.time_ids(like) if like is not None else \
                 conditioning.time_ids((self.resolution,) * 2, (self.resolution,) * 2)
-        return conditioning.encode_xl(self.pipeline, layout, list(prompts), time_ids)
-
-    def time_ids(self, original: tuple[int, int], image: Image.Image) -> torch.Tensor:
-        """SDXL's time ids for an image of `original` (w, h) pixels brought to `image`'s size."""
-        return conditioning.time_ids(original[::-1], image.size[::-1])
+        return conditioning.encode_xl(self.pipeline, layout, list(prompts), time_ids, self.device)
 
     def prepare(self, image: ImageLike, *, keep_aspect: bool = False) -> Image.Image:
         """Any image -> an RGB image at the model's resolution (centre crop, or aspect kept)."""
@@ -184,7 +183,7 @@ class Editor:
             raise InputError(f"{len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         loaded = [load_image(im) for im in images]
         prepared = [self.prepare(im, keep_aspect=keep_aspect) for im in loaded]
-        ids = [self.time_ids(a.size, b) for a, b in zip(loaded, prepared)]  # SDXL's: the original size
+        ids = [conditioning.time_ids(a.size[::-1], b.size[::-1]) for a, b in zip(loaded, prepared)]  # SDXL: original (h, w)
         missing = [i for i, p in enumerate(prompts) if p is None]
         if missing:  # no source prompt: the describer's (Reverse Stable Diffusion)
             for i, description in zip(missing, self.describe([prepared[i] for i in missing])):
@@ -206,7 +205,7 @@ class Editor:
         started = time.perf_counter()
         ids = torch.stack(time_ids) if time_ids else None
         cond = self.embed(prompts, ids)
-        empty = self.embed([""] * len(prompts), ids)
+        empty = None if method == "negative-prompt" else self.embed([""] * len(prompts), ids)  # NPI needs no ""
         options, extras = settings or {}, {}
         if method in new_methods.NEW:
             pivots, nulls, extras, options = new_methods.invert(method, self.unet, schedule, self.encode(images),

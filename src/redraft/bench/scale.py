@@ -11,6 +11,11 @@ backward passes null-text takes, plus the method's own VAE encodes and decodes (
 shown apart: they are the same work with or without redraft). Peak memory is the process's peak RSS
 during the method (Linux VmHWM, reset before each; CUDA: max allocated).
 
+On a CPU every duration is the process's CPU time (`time.process_time`; run it with OMP_NUM_THREADS=1),
+not wall time: on a machine shared with other jobs, wall time counts the waits for a core, which drift
+between a method and its floor timed minutes apart (measured here: ratios of 0.81 and 0.93, floors
+slower than the methods they bound). Wall seconds are kept in the JSON (`wall_seconds`). On CUDA: wall time.
+
 The tokenizer is a word-level one made for the bench's prompts (`shapes.tokenizer.build_tokenizer`):
 its ids are all below the text encoders' 49,408-token vocabulary, so the encoders are full size and
 their cost the real one. With `free_text_encoders` the prompts are encoded once before the UNet is
@@ -148,6 +153,7 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
     started = time.perf_counter()
     editor = build_editor(spec, dtype, device, free_text_encoders=free)
     build_seconds = time.perf_counter() - started
+    now = clock(editor.device)
     size = editor.resolution
     y, x = np.mgrid[0:size, 0:size]
     pixels = np.stack([x * 255 // size, y * 255 // size, np.full_like(x, 90)], -1).astype(np.uint8)
@@ -160,9 +166,9 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
 
     def timed(fn):
         def wrapper(*a, **k):
-            t = time.perf_counter()
+            t = now()
             out = fn(*a, **k)
-            vae["seconds"] += time.perf_counter() - t
+            vae["seconds"] += now() - t
             return out
         return wrapper
 
@@ -173,7 +179,7 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
         vae["seconds"] = 0.0
         gc.collect()
         _reset_peak(editor.device)
-        t = time.perf_counter()
+        t, wall = now(), time.perf_counter()
         inv_method = {"direct": "ddim", "p2p-swap": "negative-prompt"}.get(method, method)
         paper = {"null_init": "null"} if method == "null-text" else {}
         inv = editor.invert(image, SOURCE, method=inv_method, steps=steps, inner_steps=inner_steps, progress=progress,
@@ -184,15 +190,15 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
         else:
             editor.reconstruct(inv, progress=progress)
             backward = inv.cost.unet_backward
-        seconds = time.perf_counter() - t
-        rows.append(dict(method=method, seconds=seconds, unet_samples=sum(calls), unet_backward=backward,
+        seconds, wall = now() - t, time.perf_counter() - wall
+        rows.append(dict(method=method, seconds=seconds, wall_seconds=wall, unet_samples=sum(calls), unet_backward=backward,
                          calls=list(calls), vae_seconds=vae["seconds"], peak_gb=_peak_gb(editor.device)))
         del inv
         if method in ("direct", "p2p-swap"):
             del out
     hook.remove()
     floors = bare_unet(editor, sorted({b for r in rows for b in r["calls"]}),
-                       backward=any(r["unet_backward"] for r in rows))
+                       backward=any(r["unet_backward"] for r in rows), now=now)
     for r in rows:
         unet_floor = sum(floors[b] for b in r.pop("calls")) + r["unet_backward"] * floors.get("backward", 0.0)
         r["unet_floor_seconds"] = unet_floor
@@ -200,12 +206,17 @@ def run(family: str, *, steps: int = 2, inner_steps: int = 2, methods=METHODS, d
         r["ratio_to_floor"] = r["seconds"] / r["floor_seconds"]
         r["peak_over_weights_gb"] = r["peak_gb"] - weights_gb(editor)
     return dict(family=family, size=size, steps=steps, inner_steps=inner_steps, dtype=str(dtype).removeprefix("torch."),
-                device=str(editor.device), weights_gb=weights_gb(editor), text_encoders_freed=free,
+                device=str(editor.device), clock="process CPU" if now is time.process_time else "wall", weights_gb=weights_gb(editor), text_encoders_freed=free,
                 build_seconds=build_seconds, total_seconds=time.perf_counter() - started,
                 bare_unet_seconds={str(k): v for k, v in floors.items()}, rows=rows)
 
 
-def bare_unet(editor, batches: list[int], backward: bool = False) -> dict:
+def clock(device: torch.device):
+    """The bench's clock: the process's CPU time on a CPU (immune to other jobs' load), wall time on CUDA."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def bare_unet(editor, batches: list[int], backward: bool = False, now=time.perf_counter) -> dict:
     """Seconds of one bare UNet call (default processors, no hooks) per batch size; "backward": the extra
     seconds of back-propagating one sample to its text embedding (null-text's update)."""
     unet, device = editor.pipeline.unet, editor.device
@@ -222,17 +233,17 @@ def bare_unet(editor, batches: list[int], backward: bool = False) -> dict:
             return editor.unet.__class__(unet)(z, 500, c), c
 
     for b in batches:
-        t = time.perf_counter()
+        t = now()
         with torch.no_grad():
             call(b)
         _sync(device)
-        out[b] = time.perf_counter() - t
+        out[b] = now() - t
     if backward:
-        t = time.perf_counter()
+        t = now()
         y, c = call(1, grad=True)
         torch.autograd.grad(y.pow(2).mean(), c)
         _sync(device)
-        out["backward"] = max(time.perf_counter() - t - out.get(1, 0.0), 0.0)
+        out["backward"] = max(now() - t - out.get(1, 0.0), 0.0)
     return out
 
 
@@ -246,7 +257,7 @@ HEADER = "| method | seconds | UNet samples | bare UNet s | VAE s | ratio to flo
 
 def table(result: dict) -> str:
     lines = [f"{result['family']} at {result['size']} px, {result['steps']} steps, {result['dtype']} on "
-             f"{result['device']} (weights {result['weights_gb']:.1f} GB"
+             f"{result['device']}, {result.get('clock', 'wall')} seconds (weights {result['weights_gb']:.1f} GB"
              + (", text encoders freed after encoding" if result["text_encoders_freed"] else "") + ")",
              HEADER, "| --- " * 8 + "|"]
     for r in result["rows"]:

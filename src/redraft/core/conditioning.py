@@ -83,12 +83,14 @@ def family(pipeline) -> str:
 
 
 @torch.no_grad()
-def encode_xl(pipeline, layout: XLLayout, prompts: list[str], ids: torch.Tensor) -> torch.Tensor:
+def encode_xl(pipeline, layout: XLLayout, prompts: list[str], ids: torch.Tensor,
+              device: torch.device | None = None) -> torch.Tensor:
     """SDXL's prompt encoding (diffusers' `encode_prompt`; Podell et al. 2023, sec. 2.1), packed: the
     penultimate hidden states of both text encoders concatenated on the feature axis [B, 77, 768 + 1280],
     text_encoder_2's projected pooled output, and the time ids `ids` ([6] or [B, 6]). An empty prompt
     is all zeros (tokens and pooled) when the pipeline's `force_zeros_for_empty_prompt` is set, as
-    SDXL's unconditional branch is by default."""
+    SDXL's unconditional branch is by default. The encoders run on `device` (None: each encoder's own;
+    with offloading, the pipeline's execution device)."""
     from .prompts import check_prompt
 
     for p in prompts:
@@ -100,7 +102,7 @@ def encode_xl(pipeline, layout: XLLayout, prompts: list[str], ids: torch.Tensor)
             check_prompt(tokenizer, p)
         tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                            truncation=True, return_tensors="pt").input_ids
-        out = encoder(tokens.to(encoder.device), output_hidden_states=True)
+        out = encoder(tokens.to(device or encoder.device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2].float())
         if out[0].ndim == 2:
             pooled = out[0].float()

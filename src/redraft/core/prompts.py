@@ -104,11 +104,12 @@ def _unique(words) -> list[str]:
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device | None = None) -> torch.Tensor:
     """[B, L, D] embeddings, as Stable Diffusion computes them: padded to L = model_max_length,
-    last hidden state of the text encoder (fp32 out, whatever the encoder's dtype)."""
+    last hidden state of the text encoder (fp32 out, whatever the encoder's dtype), computed on
+    `device` (None: the encoder's; with offloading, the pipeline's execution device)."""
     for p in prompts:
         check_prompt(tokenizer, p)
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
+    return text_encoder(ids.to(device or text_encoder.device))[0].float()

@@ -127,14 +127,18 @@ def _unreachable(hub_id: str, error: BaseException) -> str:
             f"(with network) and then set HF_HUB_OFFLINE=1.")
 
 
-def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype):
+def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype, offload: str | None = None):
     """A StableDiffusionPipeline (or StableDiffusionXLPipeline, recognised from its model_index.json:
     `io.families`) with DDIM configured from the model's own schedule and prediction type.
 
     The VAE stays in fp32 unless its config sets `force_upcast` false (fp16 SD and SDXL VAEs overflow;
     diffusers upcasts them the same way); the UNet and text encoders use `dtype`.
-    No model weight needs a gradient: they are all frozen.
+    No model weight needs a gradient: they are all frozen. `offload`: `io.offload.MODES` (the weights
+    stay in CPU memory and go to `device` when they are used).
     """
+    from .offload import check_mode, enable_offload
+
+    check_mode(offload)
     from diffusers import DDIMScheduler
 
     from .families import pipeline_class
@@ -163,7 +167,10 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
             continue
         m.requires_grad_(False)
         m.eval()
-    pipe.to(device)
+    if offload is None:
+        pipe.to(device)
+    else:
+        enable_offload(pipe, offload, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -182,11 +189,13 @@ def fingerprint(pipe) -> str:
         config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("torch_dtype", "dtype")
                   and (name != "scheduler" or k in keep)}
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    probes = [pipe.unet.conv_in.weight, pipe.unet.conv_out.weight, pipe.vae.decoder.conv_out.weight,
-              pipe.text_encoder.get_input_embeddings().weight]
+    from .offload import stored_weight
+
+    probes = [pipe.unet.conv_in, pipe.unet.conv_out, pipe.vae.decoder.conv_out, pipe.text_encoder.get_input_embeddings()]
     if second is not None:
-        probes.append(second.get_input_embeddings().weight)
-    for w in probes:
+        probes.append(second.get_input_embeddings())
+    for module in probes:
+        w = stored_weight(module)  # sequential offload: the CPU copy its hook holds
         if w.is_meta:  # a component not loaded (`bench.scale` frees the text encoders after encoding)
             continue
         w = w.detach().double()

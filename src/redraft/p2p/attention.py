@@ -61,9 +61,10 @@ class AttentionControl:
                 (self.plan is not None and bool(self.plan.cross_window[:, self.step].any()))
         return self.plan is not None and bool(self.plan.self_window[self.step]) and pixels <= self.plan.self_max_pixels
 
-    # -- called by the processor with probabilities [batch, heads, pixels, keys]
-    def __call__(self, probs: torch.Tensor, is_cross: bool, pixels: int) -> torch.Tensor:
-        rows = probs[self.cond_rows]
+    # -- called by the processor with the conditional rows' probabilities [rows, heads, pixels, keys]
+    def __call__(self, rows: torch.Tensor, is_cross: bool, pixels: int) -> torch.Tensor:
+        """The conditional rows' attention probabilities (`cond_rows` of the batch; row 0 the source),
+        edited by the plan; cross-attention is stored (head-averaged) or shown to the observer."""
         observed = is_cross and self.observer is not None
         if observed:  # a guidance pass: its maps are the observer's, not stored
             self.observer.observe(rows, pixels)
@@ -71,21 +72,26 @@ class AttentionControl:
         plan, i = self.plan, self.step
         if plan is not None and len(targets):
             if is_cross and plan.cross_window[:, i].any():
-                mapped = torch.einsum("hpl,tlm->thpm", source[0], plan.mapper.to(probs.dtype))
-                a = plan.alphas[:, None, None, :].to(probs.dtype)
-                mixed = plan.equalizer[:, None, None, :].to(probs.dtype) * (a * mapped + (1 - a) * targets)
-                w = plan.cross_window[:, i][:, None, None, :].to(probs.dtype)
+                mapped = torch.einsum("hpl,tlm->thpm", source[0], plan.mapper.to(rows.dtype))
+                a = plan.alphas[:, None, None, :].to(rows.dtype)
+                mixed = plan.equalizer[:, None, None, :].to(rows.dtype) * (a * mapped + (1 - a) * targets)
+                w = plan.cross_window[:, i][:, None, None, :].to(rows.dtype)
                 targets = w * mixed + (1 - w) * targets
             elif not is_cross:
                 targets = source.expand_as(targets)
-            if probs.requires_grad:  # layout guidance differentiates through it: keep softmax's output
-                probs = probs.clone()
-            probs[self.cond_rows] = torch.cat([source, targets])  # else in place: no copy of the whole map
+            if rows.requires_grad:  # layout guidance differentiates through it: keep softmax's output
+                rows = rows.clone()
+            rows[1:] = targets  # else in place: no copy of the whole map
         if is_cross and self.store and not observed:
-            mean = probs[self.cond_rows].mean(dim=1).float()  # average over heads
+            mean = rows.mean(dim=1).float()  # average over heads
             self.maps[pixels] = self.maps.get(pixels, 0) + mean
             self.counts[pixels] = self.counts.get(pixels, 0) + 1
-        return probs
+        return rows
+
+    def shares_self(self, is_cross: bool, pixels: int) -> bool:
+        """Whether this self-attention layer's targets take the source's probabilities in this call (P2P's
+        self-attention injection): then only the source's map is computed (`ControlProcessor.attend`)."""
+        return not is_cross and self.needs(is_cross, pixels) and self.plan is not None
 
     # -- reading the store
     def resolutions(self) -> list[int]:
@@ -160,15 +166,53 @@ class ControlProcessor:
 
     def attend(self, query, key, value, attention_mask, scale: float, is_cross: bool, pixels: int) -> torch.Tensor:
         """[batch, heads, pixels, d]: the attention output of [batch, heads, *, d] queries, keys and values
-        (editors that change which keys a query sees override this: `p2p.masactrl`, `p2p.pnp`)."""
-        if self.control.needs(is_cross, pixels):
-            scores = query @ key.transpose(-1, -2) * scale
-            if attention_mask is not None:
-                scores = scores + attention_mask
+        (editors that change which keys a query sees override this: `p2p.masactrl`, `p2p.pnp`).
+
+        Fused SDPA wherever no map is read: for every layer the controller does not need, and for the
+        unconditional rows of those it does (it reads and edits only the conditional rows). In a
+        self-attention layer whose targets take the source's map, only the source's map is computed,
+        a few heads at a time, and every conditional row reads its values through it."""
+        control = self.control
+        if not control.needs(is_cross, pixels):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+        rows = range(len(query))[control.cond_rows]
+        cond = slice(rows.start, rows.stop)
+        mask = attention_mask[cond] if attention_mask is not None and len(attention_mask) == len(query) else attention_mask
+        if control.shares_self(is_cross, pixels):
+            out = shared_source_attention(query[cond], key[cond.start], value[cond], mask, scale)
+        else:
+            scores = query[cond] @ key[cond].transpose(-1, -2) * scale
+            if mask is not None:
+                scores = scores + mask
             probs = scores.softmax(dim=-1)
-            del scores  # [batch, heads, pixels, keys]: at SDXL's 64 x 64 self-attention, 670 MB a row
-            return self.control(probs, is_cross, pixels) @ value
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+            del scores
+            out = control(probs, is_cross, pixels) @ value[cond]
+        if len(rows) == len(query):
+            return out
+        parts = [(slice(0, cond.start), True), (cond, False), (slice(cond.stop, len(query)), True)]
+        return torch.cat([F.scaled_dot_product_attention(query[r], key[r], value[r], scale=scale, attn_mask=(
+            attention_mask[r] if attention_mask is not None and len(attention_mask) == len(query) else attention_mask))
+            if bare else out for r, bare in parts if r.stop > r.start])
+
+
+MAP_ELEMENTS = 2 ** 26  # the largest [heads, pixels, pixels] chunk of a self-attention map held at once (256 MB fp32)
+
+
+def shared_source_attention(query: torch.Tensor, source_key: torch.Tensor, value: torch.Tensor,
+                            mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """P2P's self-attention injection, softmax(Q_s K_s^T) V_r for every conditional row r ([rows, heads,
+    pixels, d]; row 0 the source, whose queries make the map): the rows' own maps are never computed and
+    the source's is made a few heads at a time (`MAP_ELEMENTS`), not whole (at SDXL's 64 x 64 layers, 670 MB
+    a row)."""
+    heads, pixels = query.shape[1], query.shape[2]
+    chunk = max(1, MAP_ELEMENTS // (pixels * source_key.shape[-2]))
+    outs = []
+    for h in range(0, heads, chunk):
+        scores = query[0, h:h + chunk] @ source_key[h:h + chunk].transpose(-1, -2) * scale
+        if mask is not None:
+            scores = scores + (mask[0, h:h + chunk] if mask.dim() == 4 else mask)
+        outs.append(scores.softmax(dim=-1) @ value[:, h:h + chunk])
+    return torch.cat(outs, dim=1)
 
 
 @contextmanager

@@ -36,10 +36,13 @@ def friendly(fn):
               help="UNet and text encoders' dtype (default: fp16 on CUDA, fp32 on the CPU); the VAE stays fp32.")
 @click.option("--describer", default=None, type=click.Path(file_okay=False),
               help="describer folder (default: the model's own, <model>/describer).")
+@click.option("--offload", type=click.Choice(["model", "sequential"]), default=None,
+              help="diffusers' CPU offloading: 'model' keeps one component at a time on the device, 'sequential' "
+                   "one layer at a time (least memory, slowest). Default: none.")
 @click.pass_context
-def main(ctx, model, device, dtype_name, describer):
+def main(ctx, model, device, dtype_name, describer, offload):
     """redraft: describe, invert and edit images with Stable Diffusion."""
-    ctx.obj = {"model": model, "device": device, "describer": describer, "dtype": dtype_name}
+    ctx.obj = {"model": model, "device": device, "describer": describer, "dtype": dtype_name, "offload": offload}
 
 
 def editor_from(ctx):
@@ -48,7 +51,8 @@ def editor_from(ctx):
     import torch
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(ctx.obj.get("dtype") or "")
-    return load(ctx.obj["model"], device=ctx.obj["device"], dtype=dtype, describer=ctx.obj.get("describer"))
+    return load(ctx.obj["model"], device=ctx.obj["device"], dtype=dtype, describer=ctx.obj.get("describer"),
+                offload=ctx.obj.get("offload"))
 
 
 def finite_guidance(ctx, param, value):
