@@ -406,9 +406,9 @@ def build(editor, *, max_pixels: int = MAX_PIXELS) -> gr.Blocks:
 
         on_edit.__signature__ = inspect.Signature(  # the API's parameter names (Gradio reads the signature)
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-             for n in ("cache", "image", "prompt", "method", "steps", "targets", *control_boxes, "keep_outside",
-                       "mask_stop")]
-            + [inspect.Parameter("mask", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]  # optional
+             for n in ("cache", "image", "prompt", "method", "steps", "targets", *control_boxes)]
+            + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)  # the region's: optional
+               for n, d in (("keep_outside", "pixels"), ("mask_stop", None), ("mask", None))]
             + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                  default=gr.Progress(track_tqdm=True))])
         page.redraft_inputs, page.redraft_edit = (shown_inputs, control_boxes), on_edit  # for tests
