@@ -31,7 +31,7 @@ from .io.loading import (BUILTIN, DEFAULT_GUIDANCE, compatible_fingerprints, def
 from .p2p.attention import AttentionControl, controlled
 from .p2p.controls import Controls
 from .p2p.kinds import PROBE_AT, probe
-from .p2p import editors, recipe as R
+from .p2p import recipe as R
 from .p2p.plan import skipped_steps
 from .p2p.region import LatentBlend, Region, stop_step
 from .p2p.run import run_p2p

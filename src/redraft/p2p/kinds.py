@@ -127,7 +127,6 @@ def edit_kinds(tokenizer, prompts: list[str], seen: Probe, reweighted: tuple[str
     """The kind of each edit prompts[0] -> prompts[k], k >= 1, from the probe (module docstring): the
     spread of |eps_k - eps_0| per cell for swaps and insertions, of the words' attention for re-weightings."""
     source = prompts[0]
-    src_tokens = W.word_tokens(tokenizer, source)
     kinds = []
     for row, target in enumerate(prompts[1:], start=1):
         structure, in_source, in_target = changed_words(source, target, reweighted)
