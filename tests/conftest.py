@@ -212,3 +212,15 @@ def xl_editor(tiny_xl_folder):
     import redraft
 
     return redraft.load(str(tiny_xl_folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference_builtin():
+    """The built-in shapes model with P2P's defaults (`p2p.recipe.REFERENCE`) in place of its editing
+    recipe: baselines against P2P's defaults, and UNet pass counts of the methods alone."""
+    import redraft
+    from redraft.p2p.recipe import REFERENCE
+
+    editor = redraft.load(device="cpu")
+    editor.recipe = REFERENCE
+    return editor

@@ -120,8 +120,9 @@ def test_direct_inversion_keeps_the_source_on_its_pivot(editor, image):
 
 def test_direct_inversion_guides_npi_and_nti_edits_against_the_empty_prompt(editor, image):
     """With Direct Inversion every branch is put back on the pivot, so NPI's source-prompt nulls only
-    pull the edit towards the source: a Direct edit of an NPI inversion is the Direct edit of the same
-    DDIM pivot (guided against ""), and differs from the plain NPI edit."""
+    pull the edit towards the source: a Direct edit of an NPI or a null-text inversion is the Direct edit
+    of the same DDIM pivot (guided against ""), and differs from the plain NPI edit. (So with a recipe
+    that turns Direct Inversion on, NPI and null-text inversions of a scene give the same edits.)"""
     ddim = editor.invert(image, PROMPT, method="ddim", steps=STEPS, progress=False)
     npi = editor.invert(image, PROMPT, method="negative-prompt", steps=STEPS, progress=False)
     assert torch.equal(ddim.pivots, npi.pivots)
@@ -129,6 +130,9 @@ def test_direct_inversion_guides_npi_and_nti_edits_against_the_empty_prompt(edit
     on_npi = editor.edit(npi, "a photo of a dog", direct=True, progress=False)
     plain = editor.edit(npi, "a photo of a dog", direct=False, progress=False)
     assert np.array_equal(pixels(on_npi[1]), pixels(on_ddim[1]))
+    nti = editor.invert(image, PROMPT, method="null-text", steps=STEPS, progress=False)
+    assert np.array_equal(pixels(editor.edit(nti, "a photo of a dog", direct=True, progress=False)[1]),
+                          pixels(on_ddim[1]))
     assert np.abs(pixels(plain[1]) - pixels(on_npi[1])).max() > 1
 
 

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import redraft
-from redraft.p2p.recipe import REFERENCE
 from redraft.errors import InputError
 from redraft.p2p.branches import latent_of_rows, self_attention_layers, source_rows
 from redraft.p2p.masactrl import start_layer
@@ -21,12 +19,9 @@ SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    """The built-in model with P2P's defaults in place of its editing recipe: the baselines here are
-    the editors against P2P's defaults, and the pass counts are those of the methods alone."""
-    editor = redraft.load(device="cpu")
-    editor.recipe = REFERENCE
-    return editor
+def builtin(reference_builtin):
+    """The built-in model with P2P's defaults: the baselines here are the editors against P2P's defaults."""
+    return reference_builtin
 
 
 def test_layers_run_in_the_forward_order_and_l_keeps_its_fraction(builtin):

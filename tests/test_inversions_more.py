@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import redraft
-from redraft.p2p.recipe import REFERENCE
 from redraft.errors import InputError
 from redraft.eval.metrics import psnr
 from redraft.inversions import METHODS
@@ -21,12 +19,10 @@ TARGET = "a big blue circle"
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    """The built-in model with P2P's defaults in place of its editing recipe (exact pass counts of each method)."""
-    editor = redraft.load(device="cpu")
-    editor.recipe = REFERENCE
+def builtin(reference_builtin):
+    """The built-in model with P2P's defaults, on one thread."""
     torch.set_num_threads(1)
-    return editor
+    return reference_builtin
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import redraft
 from redraft.core.sampling import denoise
 from redraft.eval.metrics import psnr
 from redraft.inversions.ddim import ddim_inversion
 from redraft.inversions.null_text import PAPER, null_text_optimisation
-from redraft.p2p.recipe import REFERENCE
 from redraft.shapes import world
 
 STEPS = 10  # few steps: NPI and the paper's rule then fall well short of the VAE ceiling
@@ -21,11 +19,10 @@ SCENES = world.scenes(5, 2, split="test")  # held out from training; not the exp
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    editor = redraft.load(device="cpu")
-    editor.recipe = REFERENCE
+def builtin(reference_builtin):
+    """The built-in model with P2P's defaults, on one thread."""
     torch.set_num_threads(1)
-    return editor
+    return reference_builtin
 
 
 def reconstruction(editor, scene, **kw) -> tuple[float, object]:
