@@ -1,10 +1,10 @@
 """Null-text inversion against negative-prompt inversion on held-out scenes, and what it costs.
 
-    .venv/bin/python docs/experiments/null_text_budget.py [--seed 11] [-n 8] [--variants null:10,npi:5] [--global-sweeps 0]
+    .venv/bin/python docs/experiments/null_text_budget.py [--seed 11] [-n 8] [--variants null:10,npi] [--global-sweeps 0]
 
 Per scene of `--seed` (validation: 11; held out once: 41): the VAE round trip's PSNR (the ceiling), NPI's
 reconstruction, and each null-text variant `INIT:INNER` (`Editor.invert(null_init=INIT,
-inner_steps=INNER)`: "null" is the paper's Algorithm 1, `null_text.PAPER`, empty-prompt start carried
+inner_steps=INNER)`; `INIT` alone: the rule's own budget): "null" is the paper's Algorithm 1, `null_text.PAPER`, empty-prompt start carried
 from step to step, its absolute tolerance 1e-5 + i 2e-5, at most INNER updates a step; "npi" is the
 default, `null_text.WARM`: every step restarts at NPI's null, keeps the best embedding it evaluates,
 stops at a loss of 1e-5 of the target latent's variance, INNER updates a step on average). Prints the
@@ -15,7 +15,12 @@ forward passes (the pivot's included) plus its backward passes, as `Inversion.co
 the optimised trajectory's own clean latent against that of the replay with the returned embedding at
 every step, and their largest latent difference (a replay that reproduces the optimisation: equal).
 
-Measured 2026-12-07 (mean PSNR over 8 scenes; worst scene against NPI; samples per 50 steps):
+Measured 2026-12-07 (mean PSNR over 8 scenes; worst scene against NPI; samples per 50 steps). The budget:
+seed 11, `--variants npi:1,npi:2,npi:3`: VAE 35.79, NPI 33.20, 35.68 / 35.77 / 35.77 dB (+0.04 / +0.06 /
++0.05, 200 / 300 / 400), so `WARM` spends 2 a step (100 in all); held out once, seed 97, `--variants npi`: VAE
+37.06, NPI 36.01, npi 37.04 dB (-0.03: that scene's NPI beat the VAE round trip by 0.04 dB; 300). At 10
+steps (`--steps 10 --variants npi,npi:5`, seed 97): 29.98 dB with the 100 updates against 26.64 with 5 a
+step (NPI 23.11). Before that (5 updates a step, the decoder before stage 1c):
 seed 11 (validation, where WARM was chosen): VAE 35.71, NPI 33.12, null:10 34.70 (-5.55, 1144), npi:5
 35.68 dB (+0.03, 600). Seed 41 (held out, run once): VAE 35.61, NPI 32.15, null:10 34.56 (-0.51, 1150),
 npi:5 35.60 dB (+0.05, 600). `--seed 11 -n 2 --variants "" --global-sweeps 10`: 27.31 / 27.31 and
@@ -40,13 +45,19 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, default=11)
 parser.add_argument("-n", type=int, default=8)
 parser.add_argument("--steps", type=int, default=50)
-parser.add_argument("--variants", default="null:10,npi:5")
+parser.add_argument("--variants", default="null:10,npi")
 parser.add_argument("--global-sweeps", type=int, default=0)
 args = parser.parse_args()
 
 editor = redraft.load()
-variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",") if v]
-rows: dict[str, list[tuple[float, float]]] = {"vae": [], "negative-prompt": []} | {f"{i}:{k}": [] for i, k in variants}
+variants = [(v.split(":")[0], int(v.split(":")[1]) if ":" in v else None) for v in args.variants.split(",") if v]
+
+
+def variant_name(init: str, inner: int | None) -> str:
+    return init if inner is None else f"{init}:{inner}"
+
+
+rows: dict[str, list[tuple[float, float]]] = {"vae": [], "negative-prompt": []} | {variant_name(*v): [] for v in variants}
 consistency: list[tuple[float, float, float]] = []
 
 
@@ -69,7 +80,7 @@ for scene in tqdm(world.scenes(args.seed + 1, args.n, split="test"), desc="scene
     x = editor.prepare(image)
     rows["vae"].append((psnr(np.asarray(x), np.asarray(editor.decode(editor.encode([x]))[0])), 0))
     runs = [("negative-prompt", dict(method="negative-prompt"))] + [
-        (f"{i}:{k}", dict(method="null-text", null_init=i, inner_steps=k)) for i, k in variants]
+        (variant_name(i, k), dict(method="null-text", null_init=i, inner_steps=k)) for i, k in variants]
     for label, kw in runs:
         inv = editor.invert(image, scene.prompt(), steps=args.steps, progress=False, **kw)
         back = editor.reconstruct(inv, progress=False)

@@ -218,7 +218,7 @@ class Editor:
                 nulls = null_text_optimisation(
                     self.unet, schedule, pivots, cond, empty if null_init == "null" else cond, guidance_scale,
                     rule=rule, shared=global_null, from_source=null_init == "npi", progress=progress)
-            options = {"null_init": null_init, "global_null": global_null, "inner_steps": rule.inner_steps}
+            options = {"null_init": null_init, "global_null": global_null, "inner_steps": rule.per_step(steps)}
             if self.unet.layout is not None:
                 options["null_pooled"] = null_pooled
         elif method == "negative-prompt":

@@ -19,7 +19,7 @@ from .controls import control_options, controls_base
 @click.option("--steps", **STEPS)
 @click.option("--guidance", **GUIDANCE)
 @click.option("--null-init", type=click.Choice(["npi", "null", "source"]), default=None,
-              help="null-text: npi (default: every step starts at NPI's null, relative tolerance, 5 updates a "
+              help="null-text: npi (default: every step starts at NPI's null, relative tolerance, 2 updates a "
                    "step on average), null (the paper's Algorithm 1) or source (Algorithm 1 from the prompt's).")
 @click.option("--global-null", is_flag=True, help="null-text: one embedding for all steps (ablation).")
 @click.option("--keep-aspect", is_flag=True, help="keep the aspect ratio instead of a centre crop.")
