@@ -19,7 +19,6 @@ import html
 import inspect
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import struct
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 

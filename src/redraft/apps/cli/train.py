@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
-from ...errors import InputError
-from .common import editor_from, friendly, main
+from .common import friendly, main
 
 
 @main.group()

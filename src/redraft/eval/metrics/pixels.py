@@ -4,6 +4,7 @@ PIE-Bench's background metrics, and PIE-Bench's run-length edit masks."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import InputError
+
+if TYPE_CHECKING:
+    from .learned import Lpips
 
 K1, K2, L = 0.01, 0.03, 255.0
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
