@@ -122,3 +122,24 @@ def test_a_recipe_with_a_bad_mask_stop_names_it():
         Recipe(controls={"mask_stop": 1.5})
     with pytest.raises(InputError, match="direct"):
         Recipe(by_kind={"refine": {"direct": "yes"}})
+
+
+def test_the_kind_probe_records_attention_maps_only_for_re_weightings(recipe_editor):
+    """`per_edit` asks its probe for attention maps only when an edit is a re-weighting (the only kind that
+    reads them); swaps and insertions are read from the predictions alone, so their probe records no map."""
+    import torch
+
+    from redraft.p2p.kinds import Probe
+    from redraft.p2p.recipe import per_edit
+
+    recipe = Recipe(by_kind={"global": {"cross_replace_steps": 0.9}})  # a key that needs the extent
+    asked = []
+
+    def fake_probe(maps):
+        asked.append(maps)
+        return Probe(torch.rand(3, 4, 4, 8) if maps else None, torch.rand(3, 4, 4, 4))
+
+    tok = recipe_editor.pipeline.tokenizer
+    per_edit(recipe, tok, [SOURCE, SWAP, INSERTION], None, {}, {}, fake_probe)
+    per_edit(recipe, tok, [SOURCE, SOURCE], None, {"reweight": {"cat": 2.0}}, {}, fake_probe)
+    assert asked == [False, True]

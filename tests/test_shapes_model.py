@@ -366,6 +366,10 @@ def test_the_kind_of_an_edit_is_read_from_where_the_prediction_changes(builtin):
         prompts = [scene.prompt(), *(e.target_prompt for e in edits)]
         cond = torch.cat([inv.prompt_embedding[None], builtin.embed(prompts[1:])])
         seen = probe(builtin.unet, inv.pivots[at][None], builtin.schedule(inv.steps).timesteps[at], cond, at)
-        for e, kind in zip(edits, edit_kinds(builtin.pipeline.tokenizer, prompts, seen)):
+        fast = probe(builtin.unet, inv.pivots[at][None], builtin.schedule(inv.steps).timesteps[at], cond, at, maps=False)
+        assert fast.maps is None and torch.allclose(fast.eps, seen.eps, atol=1e-5)  # recording maps changes nothing
+        kinds = edit_kinds(builtin.pipeline.tokenizer, prompts, seen)
+        assert kinds == edit_kinds(builtin.pipeline.tokenizer, prompts, fast)
+        for e, kind in zip(edits, kinds):
             extents.setdefault(e.kind, []).append(kind.extent)
     assert extents == {"color": ["local"] * 3, "shape": ["local"] * 3, "background": ["global"] * 3}, extents

@@ -285,7 +285,7 @@ class Editor:
         x_T = self.initial_noise(seed, size).expand(len(prompts), -1, -1, -1)
         rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
                           switches := {"direct": False, "mask_stop": mask_stop},
-                          lambda: probe(self.unet, x_T[:1], schedule.timesteps[0], cond, 0))
+                          lambda maps: probe(self.unet, x_T[:1], schedule.timesteps[0], cond, 0, maps))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.generate([prompts[0], *(prompts[k + 1] for k in ks)], seed=seed, steps=steps,
                                       guidance_scale=guidance_scale, negative_prompt=negative_prompt, progress=progress,
@@ -338,7 +338,7 @@ class Editor:
         pivots = inversion.pivots.to(self.device)
         rows = R.per_edit(self.recipe, self.pipeline.tokenizer, prompts, controls, overrides,
                           {"direct": direct, "mask_stop": mask_stop},
-                          lambda: probe(self.unet, pivots[at][None], schedule.timesteps[at], cond, at),
+                          lambda maps: probe(self.unet, pivots[at][None], schedule.timesteps[at], cond, at, maps),
                           drop=new_methods.NOT_FROM_RECIPE.get(inversion.method, ()))
         if len(parts := R.groups(rows)) > 1:  # edits of kinds the recipe treats apart: one run each
             return EditResult.joined([self.edit(inversion, [targets[k] for k in ks], progress=progress, controls=c,

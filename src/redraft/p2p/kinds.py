@@ -96,17 +96,24 @@ def spread(m: torch.Tensor) -> float:
 class Probe:
     """One conditional UNet pass of every prompt on the source latent: what `edit_kinds` reads."""
 
-    maps: torch.Tensor  # [B, h, w, L] cross-attention, averaged over layers and heads, at the finest resolution
+    maps: torch.Tensor | None  # [B, h, w, L] cross-attention, averaged over layers and heads, at the finest
+    #                            resolution (None: not recorded, `probe(maps=False)`)
     eps: torch.Tensor   # [B, C, h, w] the UNet's predictions (noise, or v for v-prediction models)
 
 
 @torch.no_grad()
-def probe(model, z: torch.Tensor, t, cond: torch.Tensor, step: int) -> Probe:
+def probe(model, z: torch.Tensor, t, cond: torch.Tensor, step: int, maps: bool = True) -> Probe:
     """One conditional UNet pass of every prompt (cond [B, L, D]) on the source latent z [1, C, h, w]
-    at timestep t: its cross-attention maps and its predictions. Costs B UNet passes."""
+    at timestep t: its predictions and, with `maps`, its cross-attention maps (only re-weightings read
+    them; recording them holds every layer's attention). Costs B UNet passes."""
+    def run():
+        return model(z.expand(len(cond), -1, -1, -1), t, cond, step=step, cond_rows=slice(0, len(cond)))
+
+    if not maps:
+        return Probe(None, run().float())
     control = AttentionControl(tuple(z.shape[-2:]))
     with controlled(model, control):
-        eps = model(z.expand(len(cond), -1, -1, -1), t, cond, step=step, cond_rows=slice(0, len(cond)))
+        eps = run()
     return Probe(control.cross_maps(), eps.float())
 
 

@@ -123,15 +123,15 @@ def per_edit(recipe: Recipe, tokenizer, prompts: list[str], controls: Controls |
     """(Controls, switches) of each edit prompts[0] -> prompts[k], k >= 1 (`in_effect` of its kind).
 
     The kinds are read only when the recipe decides by kind and the caller passed no `Controls`;
-    `probe()` gives the source's `kinds.Probe` (its attention maps and predictions) and is called only
-    when some key needs the extent (it costs one UNet pass per prompt)."""
+    `probe(maps)` gives the source's `kinds.Probe` (its predictions, and its attention maps when `maps`:
+    only re-weightings need them) and is called only when some key needs the extent (it costs one UNet
+    pass per prompt)."""
     if controls is not None or not recipe.by_kind:
         return [in_effect(recipe, None, controls, overrides, switches, drop)] * (len(prompts) - 1)
     reweighted = tuple(overrides.get("reweight", {}))
+    kinds = [structure_kind(prompts[0], target, reweighted) for target in prompts[1:]]
     if recipe.needs_extent:
-        kinds = edit_kinds(tokenizer, prompts, probe(), reweighted)
-    else:
-        kinds = [structure_kind(prompts[0], target, reweighted) for target in prompts[1:]]
+        kinds = edit_kinds(tokenizer, prompts, probe(any(k.structure == "reweight" for k in kinds)), reweighted)
     return [in_effect(recipe, kind, None, overrides, switches, drop) for kind in kinds]
 
 
