@@ -312,9 +312,11 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    from redraft.shapes.train import Recipe, counterfactual_scenes, plot_training, render_batch, train, trained_vae
+    from redraft.shapes.train import (Recipe, TunePhase, counterfactual_scenes, plot_training, render_batch, train,
+                                      trained_vae)
 
-    r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, decoder_steps=2, tune_steps=2, tune_batch=2,
+    r = Recipe(scenes=12, vae_steps=2, vae_mean_steps=1, vae_batch=4, decoder_steps=2, tune_batch=2,
+               tune_phases=(TunePhase(2, 3e-4, 4.0, 1.0, 0.3), TunePhase(1, 1e-4, 4.0, 1.0, 0.1)),
                text_width=32, text_layers=1, unet_steps=3, unet_batch=4, unet_warmup=1, unet_restart_steps=0,
                unet_more_restarts=(), p_counterfactual=1.0, counterfactual_min_t=0, object_loss_weight=3.0, eval_every=0)
     model = train(tmp_path, r)
@@ -328,6 +330,13 @@ def test_a_tiny_training_run_with_counterfactual_pairs_exports_a_pipeline(tmp_pa
         assert torch.equal(first[name], tuned[name]) == (not decoder), name
         assert torch.equal(tuned[name], retuned[name]) == (not decoder), name
         assert torch.equal(exported[name], retuned[name]), name
+    # Stage 1c's phases ran in turn, each from the last one's weights: the first phase's kept weights differ
+    # from the second's in the decoder only, and the second's are the stage's output.
+    phase1, phase2 = (load_file(str(work / f"decoder-tuned-{k}.safetensors")) for k in (1, 2))
+    for name in first:
+        decoder = name.startswith(("decoder.", "post_quant_conv."))
+        assert torch.equal(phase1[name], phase2[name]) == (not decoder), name
+        assert torch.equal(phase2[name], retuned[name]), name
     stored = load_file(str(work / "counterfactuals.safetensors"))["latents"]
     targets = [target for _, target in counterfactual_scenes(r)]
     with torch.no_grad():

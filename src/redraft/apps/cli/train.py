@@ -27,12 +27,15 @@ def train_shapes_model(out_dir):
               help="work folder; run again to resume after a stop.")
 @click.option("--from", "source", default=None, type=click.Path(file_okay=False),
               help="a trained shapes model folder (default: the built-in model).")
-def train_decoder(out_dir, source):
+@click.option("--first-phase", default=1, show_default=True, type=click.IntRange(1),
+              help="the recipe's stage 1c phase to start from (the ones before it are in the model already).")
+@friendly
+def train_decoder(out_dir, source, first_phase):
     """Tune a shapes model's VAE decoder alone against its ghosts, dark frame and rounded tips (stage 1c of
     the recipe; the encoder and the UNet stay as they are). Writes OUT/vae, to put in the model's place."""
     from ...shapes.train import retune_model
 
-    click.echo(f"tuned VAE written to {retune_model(out_dir, source)}")
+    click.echo(f"tuned VAE written to {retune_model(out_dir, source, first=first_phase - 1)}")
 
 
 @train.command("describer")

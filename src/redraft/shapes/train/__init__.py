@@ -26,14 +26,14 @@ from ...io.checkpoints import Checkpointer
 from .decoder import retune_decoder, retune_loss, retune_model
 from .data import PromptIds, counterfactual_scenes, render_batch, sample_prompt, training_scenes
 from .pipeline import assemble, export, plot_training, train
-from .recipe import (EXTRA_WORDS, Recipe, alphas_cumprod, counterfactual_start, sd_scheduler_config, unet_cycles,
+from .recipe import (EXTRA_WORDS, Recipe, TunePhase, alphas_cumprod, counterfactual_start, sd_scheduler_config, unet_cycles,
                      unet_lr, words)
 from .unet import (blank_padding, build_text_encoder, build_unet, cell_weights, ema_update, generation_accuracy,
                    loss_weights, noise_like, object_cells, objective, train_unet)
 from .vae import (DECODER_WARMUP, build_vae, encode_latents, encode_scenes, finetune_decoder, object_weights,
                   train_vae, trained_vae)
 
-__all__ = ["DECODER_WARMUP", "EXTRA_WORDS", "Checkpointer", "PromptIds", "Recipe", "alphas_cumprod", "assemble",
+__all__ = ["DECODER_WARMUP", "EXTRA_WORDS", "Checkpointer", "PromptIds", "Recipe", "TunePhase", "alphas_cumprod", "assemble",
            "blank_padding", "build_text_encoder", "build_unet", "build_vae", "cell_weights", "counterfactual_scenes",
            "counterfactual_start", "ema_update", "encode_latents", "encode_scenes", "export", "finetune_decoder",
            "generation_accuracy", "loss_weights", "noise_like", "object_cells", "object_weights", "objective",
