@@ -8,8 +8,11 @@ import pytest
 
 from redraft.shapes import flaws, world
 
-GHOST, FRAME = 11.0, 3.2  # the shipped decoder's bounds (8-bit levels); the one before stage 1c fails both
-OLD_FINGERPRINT = "105d20c31843b0a2"  # the built-in model's before stage 1c (`redraft.load().fingerprint` then)
+# The shipped decoder's bounds (8-bit levels): the decoder of stage 1c's first phase alone fails all three, and
+# the one before stage 1c fails them by more.
+GHOST, FRAME, CORNER = 8.5, 2.6, 21.0
+# The built-in model's fingerprints before stage 1c, and with its first phase alone (`redraft.load().fingerprint` then).
+OLD_FINGERPRINTS = ("105d20c31843b0a2", "659f87915e384ced")
 
 
 def test_the_truth_has_no_flaws():
@@ -73,30 +76,35 @@ def builtin():
 
 def test_the_shipped_decoder_draws_no_ghosts_and_no_dark_frame(builtin):
     """Encode then decode 12 held-out scenes, 6 of them on black: the largest error of the background more than
-    3 px from the object (inside the outer 4 px) is GHOST levels or less on average (the shipped decoder: 9.2;
-    the one before stage 1c: 13.4), and the outer 4 px of the black backgrounds are within FRAME levels on
-    average (shipped: 2.85; before: 3.65)."""
+    3 px from the object (inside the outer 4 px) is GHOST levels or less on average (shipped: 7.67; stage 1c's
+    first phase alone: 9.25; before stage 1c: 13.4), the outer 4 px of the black backgrounds are within FRAME
+    levels on average (shipped 2.28; first phase 2.85; before 3.65), and their largest error, a corner pixel,
+    within CORNER levels (shipped 18.2; first phase 24.2)."""
     scenes = [s for s in world.scenes(13, 60, split="test") if s.background == "black"][:6]
     scenes += [s for s in world.scenes(14, 30, split="test") if s.background != "black"][:6]
     images = [world.render(s) for s in scenes]
     found = [flaws.image_flaws(d, s.background, flaws.truth_mask(s))
              for s, d in zip(scenes, builtin.decode(builtin.encode(images)))]
+    black = [f for f, s in zip(found, scenes) if s.background == "black"]
     assert np.mean([f["ghost_max"] for f in found]) <= GHOST, [f["ghost_max"] for f in found]
-    assert np.mean([f["frame"] for f, s in zip(found, scenes) if s.background == "black"]) <= FRAME
+    assert np.mean([f["frame"] for f in black]) <= FRAME, [f["frame"] for f in black]
+    assert np.mean([f["frame_max"] for f in black]) <= CORNER, [f["frame_max"] for f in black]
 
 
 def test_inversions_of_the_model_before_its_decoder_tune_stay_valid(builtin):
-    """The built-in model lists the fingerprint it had before stage 1c (same encoder, UNet and text encoder):
-    its inversions still reconstruct and edit; another model's are refused."""
+    """The built-in model lists the fingerprints it had before stage 1c and with its first phase alone (same
+    encoder, UNet and text encoder): their inversions still reconstruct and edit; another model's are refused."""
     import dataclasses
 
     from redraft.errors import InputError
 
     scene = world.scenes(5, 1, split="test")[0]
     inv = builtin.invert(world.render(scene), scene.prompt(), method="ddim", steps=4, progress=False)
-    old = dataclasses.replace(inv, model_fingerprint=OLD_FINGERPRINT)
-    assert OLD_FINGERPRINT in builtin.fingerprints and builtin.fingerprints[0] == builtin.fingerprint
-    assert np.array_equal(np.asarray(builtin.reconstruct(old, progress=False)),
-                          np.asarray(builtin.reconstruct(inv, progress=False)))
+    assert builtin.fingerprints[0] == builtin.fingerprint not in OLD_FINGERPRINTS
+    for fingerprint in OLD_FINGERPRINTS:
+        old = dataclasses.replace(inv, model_fingerprint=fingerprint)
+        assert fingerprint in builtin.fingerprints
+        assert np.array_equal(np.asarray(builtin.reconstruct(old, progress=False)),
+                              np.asarray(builtin.reconstruct(inv, progress=False)))
     with pytest.raises(InputError, match="another model"):
         builtin.reconstruct(dataclasses.replace(inv, model_fingerprint="0123456789abcdef"), progress=False)
