@@ -108,3 +108,15 @@ def test_inversions_of_the_model_before_its_decoder_tune_stay_valid(builtin):
                               np.asarray(builtin.reconstruct(inv, progress=False)))
     with pytest.raises(InputError, match="another model"):
         builtin.reconstruct(dataclasses.replace(inv, model_fingerprint="0123456789abcdef"), progress=False)
+
+
+def test_a_first_phase_the_recipe_does_not_have_is_named(tmp_path):
+    """`retune_model(first=...)` (`redraft train decoder --first-phase`) refuses a phase beyond the recipe's, before
+    any work, and says which phases there are."""
+    from redraft.errors import InputError
+    from redraft.shapes.train import Recipe, retune_model
+
+    n = len(Recipe().tune_phases)
+    with pytest.raises(InputError, match=f"1 to {n}.*got {n + 1}"):
+        retune_model(tmp_path / "tune", first=n)
+    assert not (tmp_path / "tune").exists()

@@ -4,10 +4,10 @@ Stage 1b's decoder draws faint ghost blobs beside the object, a faint dark frame
 rounded tips on small diamonds (`redraft.shapes.flaws` measures them): errors too faint or too small for a
 mean loss to notice. This stage keeps the encoder (so the latent space, the UNet and every saved inversion
 stay valid) and tunes the decoder and its post-quant conv from stage 1b's weights, on the posterior mean plus
-noise as stage 1b does, in phases (`Recipe.tune_phases`), with a loss that also weighs where the flaws are: the background more than 3 px
-from the object (its mean error and, per image, the mean of its worst `tune_worst` share of pixels: a ghost
-is a few pixels), the outer 2 px (the frame), the 3 x 3 pixels at each corner or tip of the shape, and the
-worst share of the object's 2 px edge band. `train` runs it after stage 1b; `retune_model` runs it alone on
+noise as stage 1b does, in phases (`Recipe.tune_phases`), with a loss that also weighs where the flaws are:
+the background more than 3 px from the object (its mean error and, per image, the mean of its worst
+`tune_worst` share of pixels: a ghost is a few pixels), the outer 2 px (the frame), the 3 x 3 pixels at each
+corner or tip of the shape, and the worst share of the object's 2 px edge band. `train` runs it after stage 1b; `retune_model` runs it alone on
 a trained model's VAE (`redraft train decoder --out DIR [--first-phase K]`, resumable).
 """
 
@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ...core.schedules import warmup_cosine
+from ...errors import InputError
 from ...io.checkpoints import Checkpointer, load_checkpoint
 from .. import world
 from ..flaws import BORDER, MARGIN
 from .data import render_batch
-from ...errors import InputError
 from .recipe import Recipe, TunePhase
 from .vae import DECODER_WARMUP, build_vae, object_weights
 
@@ -98,7 +98,8 @@ def retune_loss(y: torch.Tensor, x: torch.Tensor, scenes: list[world.Scene], r: 
 
 def tune_phase(start: dict, r: Recipe, k: int, work: Path, progress: bool = True) -> dict:
     """Phase k of stage 1c from the VAE state dict `start`: the decoder and post-quant conv trained by
-    `retune_loss` with the phase's settings and a fresh optimiser; resumable from `work/decoder-tune-k.ckpt`."""
+    `retune_loss` with the phase's settings and a fresh optimiser; resumable from `work/decoder-tune-K.ckpt`
+    (K = k + 1, as every file of the phase is numbered)."""
     phase = r.tune_phases[k]
     vae = build_vae(r)
     vae.load_state_dict(start)
@@ -107,7 +108,7 @@ def tune_phase(start: dict, r: Recipe, k: int, work: Path, progress: bool = True
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
-    ckpt = Checkpointer(work / f"decoder-tune-{k}.ckpt", r.checkpoint_minutes)
+    ckpt = Checkpointer(work / f"decoder-tune-{k + 1}.ckpt", r.checkpoint_minutes)
     step, log = 0, {"loss": [], "psnr": []}
     if ckpt.path.exists():
         step, log = load_checkpoint(ckpt.path, {"vae": vae}, opt)
@@ -138,7 +139,7 @@ def tune_phase(start: dict, r: Recipe, k: int, work: Path, progress: bool = True
             log["psnr"].append([step, 10 * math.log10(4 / F.mse_loss(y, x).item())])
             bar.set_postfix(loss=f"{loss.item():.4f}")
         ckpt.maybe(step == phase.steps, {"vae": vae}, opt, step, log)
-    (work / f"decoder_tune_log-{k}.json").write_text(json.dumps(log))
+    (work / f"decoder_tune_log-{k + 1}.json").write_text(json.dumps(log))
     return {name: v.contiguous() for name, v in vae.state_dict().items()}
 
 
