@@ -382,3 +382,16 @@ def test_the_kind_of_an_edit_is_read_from_where_the_prediction_changes(builtin):
         for e, kind in zip(edits, kinds):
             extents.setdefault(e.kind, []).append(kind.extent)
     assert extents == {"color": ["local"] * 3, "shape": ["local"] * 3, "background": ["global"] * 3}, extents
+
+
+def test_the_built_in_models_recipe_json_is_the_recipe_the_code_holds():
+    """The shipped model's recipe.json records `Recipe()` as `export` writes it, so a change of the recipe (such as
+    stage 1c's phases) cannot leave the model's record behind."""
+    import json
+    from dataclasses import asdict
+
+    from redraft.io.loading import builtin_path
+    from redraft.shapes.train import Recipe
+
+    shipped = json.loads((builtin_path() / "recipe.json").read_text())
+    assert shipped == json.loads(json.dumps(asdict(Recipe())))
