@@ -4,7 +4,6 @@ PIE-Bench's background metrics, and PIE-Bench's run-length edit masks."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,9 +11,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import InputError
-
-if TYPE_CHECKING:  # for annotations only: learned imports this module
-    from .learned import Lpips
 
 K1, K2, L = 0.01, 0.03, 255.0
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -164,7 +160,7 @@ def pie_bench_masked(a, b, edit_mask) -> tuple[np.ndarray, np.ndarray]:
     return a * keep[..., None], b * keep[..., None]
 
 
-def pie_bench_background(a, b, edit_mask, lpips: "Lpips | None" = None) -> dict[str, float]:
+def pie_bench_background(a, b, edit_mask, lpips: "Lpips | None" = None) -> dict[str, float]:  # noqa: F821 (learned.Lpips)
     """PIE-Bench's background metrics: psnr, mse ([0, 1] scale) and ssim of `pie_bench_masked` images, over the whole image.
 
     With an `Lpips` scorer, also "lpips" of the masked images over the whole image, as PIE-Bench does.
@@ -181,7 +177,7 @@ def pie_bench_background(a, b, edit_mask, lpips: "Lpips | None" = None) -> dict[
     return out
 
 
-def background(a, b, edit_mask, lpips: "Lpips | None" = None) -> dict[str, float]:
+def background(a, b, edit_mask, lpips: "Lpips | None" = None) -> dict[str, float]:  # noqa: F821 (learned.Lpips)
     """The clean background metrics: psnr, mse ([0, 1] scale) and ssim over the pixels outside the edit mask only.
 
     Same definitions as `psnr`, `mse` and `ssim` with mask = ~edit_mask (for SSIM, windows centred on
